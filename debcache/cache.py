@@ -1,0 +1,188 @@
+"""The live cache: which archive path is which blob, and when to ask the upstream.
+
+Pool and by-hash files never change, so a cached copy is served as it is.
+Everything else (InRelease, Packages, installer images) is revalidated with a
+conditional GET on every request, coalesced with any revalidation under way,
+and the cached copy is served stale only when no upstream URL answers.
+
+Nothing here speaks HTTP to clients: `LiveCache.fetch` returns an outcome that
+the server turns into a response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+from . import db as queries
+from .archive import by_hash_sha256, classify_path, is_packages_index, packages_pool_entries
+from .config import Upstream
+from .db import Database
+from .errors import UpstreamUnavailable
+from .inflight import (
+    CompletedBody,
+    Download,
+    DownloadPlan,
+    Downloads,
+    ExpectedContent,
+    http_date_timestamp,
+)
+from .store import FileStore
+from .upstream import UpstreamClient, Validators, read_limited
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    upstream: str
+    path: str
+    sha256: str
+    size: int
+    last_modified: str | None
+    etag: str | None
+    fetched_at: float
+
+
+@dataclass(frozen=True)
+class FromStore:
+    """Serve this blob: a hit, or a stale copy because no upstream answered."""
+
+    file: CachedFile
+    blob: Path
+    source: str  # "hit" or "stale"
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """Stream this download to the client while it arrives."""
+
+    download: Download
+    source: str  # "miss" for the request that started it, "coalesced" for the others
+
+
+@dataclass(frozen=True)
+class PassedOn:
+    """The upstream's own answer (4xx, or a 5xx with nothing cached), never cached."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+NOT_MODIFIED = object()
+Outcome = FromStore | Streaming | PassedOn
+
+
+class LiveCache:
+    def __init__(
+        self, store: FileStore, database: Database, downloads: Downloads, client: UpstreamClient
+    ) -> None:
+        self.store = store
+        self.database = database
+        self.downloads = downloads
+        self.client = client
+        self._files: dict[tuple[str, str], CachedFile] = {}
+        self._indexing: dict[str, set[asyncio.Task]] = {}  # upstream -> Packages being indexed
+
+    async def load(self) -> None:
+        """Read the path → blob map into memory, so hits need no database round trip."""
+        rows = await self.database.read(queries.load_cached)
+        self._files = {(r["upstream"], r["path"]): CachedFile(**r) for r in rows}
+
+    def lookup(self, upstream: str, path: str) -> tuple[CachedFile, Path] | None:
+        """The cached file and its blob, if both are there."""
+        file = self._files.get((upstream, path))
+        if file is None:
+            return None
+        blob = self.store.local_path(file.sha256)
+        return (file, blob) if blob.is_file() else None
+
+    async def fetch(self, upstream: Upstream, path: str) -> Outcome:
+        """Where the body of `path` comes from for this request."""
+        cached = self.lookup(upstream.name, path)
+        if cached and classify_path(path).immutable:
+            return FromStore(*cached, "hit")
+        key = (upstream.name, path)
+        future = self.downloads.under_way(key)
+        joined = future is not None
+        if future is None:
+            future = self.downloads.start(key, partial(self._request, upstream, path, cached))
+        try:
+            # shield: a client hanging up must not cancel what other clients wait for.
+            outcome = await asyncio.shield(future)
+        except UpstreamUnavailable as exc:
+            if cached:
+                return FromStore(*cached, "stale", warning=str(exc))
+            raise
+        if isinstance(outcome, Download):
+            return Streaming(outcome, "coalesced" if joined else "miss")
+        if outcome is NOT_MODIFIED:
+            return FromStore(*(self.lookup(upstream.name, path) or cached), "hit")
+        if outcome.status >= 500 and cached:
+            return FromStore(*cached, "stale", warning=f"upstream answered {outcome.status}")
+        return outcome
+
+    async def _request(
+        self, upstream: Upstream, path: str, cached: tuple[CachedFile, Path] | None
+    ) -> object:
+        validators = Validators(cached[0].last_modified, cached[0].etag) if cached else None
+        response = await self.client.get(upstream, path, validators)
+        if response.status == 304 and cached:
+            response.release()
+            return NOT_MODIFIED
+        if response.status != 200:
+            body = await read_limited(response)
+            response.release()
+            return PassedOn(response.status, body, response.content_type or "text/plain")
+        try:
+            expected = await self.expected_content(upstream.name, path)
+            temp = self.store.create_temp()
+        except BaseException:
+            response.release()
+            raise
+        download = Download((upstream.name, path), response, temp)
+        return DownloadPlan(download, expected, partial(self._commit, upstream.name, path, temp))
+
+    async def expected_content(self, upstream: str, path: str) -> ExpectedContent | None:
+        """The sha256 a body must have: its by-hash name, or a cached Packages entry."""
+        digest = by_hash_sha256(path)
+        if digest:
+            return ExpectedContent(digest, None, "its by-hash name")
+        if classify_path(path).immutable:
+            # A .deb asked for right after its Packages arrived is checked against it too.
+            await asyncio.gather(*self._indexing.get(upstream, ()), return_exceptions=True)
+            listed = await self.database.read(queries.pool_hash, upstream, path)
+            if listed:
+                return ExpectedContent(
+                    listed[0], listed[1], f"a cached Packages index of {upstream}"
+                )
+        return None
+
+    def _commit(self, upstream: str, path: str, temp: Path, body: CompletedBody) -> Path:
+        blob = self.store.commit(temp, body.sha256, http_date_timestamp(body.last_modified))
+        file = CachedFile(
+            upstream, path, body.sha256, body.size, body.last_modified, body.etag, time.time()
+        )
+        self._files[(upstream, path)] = file
+        self.database.write_soon(queries.upsert_cached, asdict(file))
+        if is_packages_index(path):
+            task = self.downloads.spawn(self._index_packages(upstream, path, blob))
+            pending = self._indexing.setdefault(upstream, set())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        return blob
+
+    async def _index_packages(self, upstream: str, path: str, blob: Path) -> None:
+        """Remember what each pool file listed in a Packages index must hash to."""
+        try:
+            entries = await asyncio.to_thread(lambda: list(packages_pool_entries(blob)))
+            count = await self.database.write(queries.add_pool_hashes, upstream, entries)
+            log.info("indexed %d pool files from %s/%s", count, upstream, path)
+        except Exception:
+            log.exception("could not index %s/%s", upstream, path)

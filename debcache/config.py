@@ -1,0 +1,332 @@
+"""Configuration: dataclasses, TOML loading and validation, apt-sources discovery.
+
+`load_config` is the only entry point. It reads the file named by `--config`,
+`$DEBCACHE_CONFIG` or `/etc/debcache/debcache.toml`; with no file at all the
+upstreams come from the host's own apt sources, so `debcache serve` works on
+any Debian host without configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from debian import deb822
+
+from .errors import ConfigError
+
+DEFAULT_PORT = 3142
+DEFAULT_LISTEN = (("0.0.0.0", DEFAULT_PORT),)
+DEFAULT_CONFIG_PATH = Path("/etc/debcache/debcache.toml")
+DEBIAN_ARCHIVE_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+DEFAULT_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10.0
+RESERVED_UPSTREAM_NAMES = frozenset({"record", "pin", "manifest", "_"})
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A named Debian archive: base URLs tried in order, its keyring, the hosts it proxies."""
+
+    name: str
+    urls: tuple[str, ...]
+    keyring: Path | None = DEBIAN_ARCHIVE_KEYRING
+    proxy_hosts: tuple[str, ...] = ()
+    timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Per-branch options; branches also exist without a config section."""
+
+    name: str
+    fill: str = "strict"
+    resign: bool = False
+    grace: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: tuple[tuple[str, int], ...]
+    data_dir: Path
+    upstreams: dict[str, Upstream]
+    branches: dict[str, Branch] = field(default_factory=dict)
+    admin_token: str = ""
+    source: Path | None = None  # the file it came from; None for built-in defaults
+
+
+def load_config(path: Path | str | None = None, *, apt_dir: Path = Path("/etc/apt")) -> Config:
+    """Load and validate the configuration, or derive one from the host's apt sources."""
+    path = _config_path(path)
+    if path is None:
+        return Config(
+            listen=DEFAULT_LISTEN,
+            data_dir=default_data_dir(),
+            upstreams=discover_upstreams(apt_dir),
+        )
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such configuration file",
+            "pass an existing file to --config, or none to use the built-in defaults",
+        ) from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc}", "fix the file's TOML syntax") from None
+    return parse_config(document, path, apt_dir=apt_dir)
+
+
+def _config_path(path: Path | str | None) -> Path | None:
+    if path:
+        return Path(path)
+    if os.environ.get("DEBCACHE_CONFIG"):
+        return Path(os.environ["DEBCACHE_CONFIG"])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def default_data_dir() -> Path:
+    """`/var/lib/debcache` as root, `$XDG_DATA_HOME/debcache` otherwise."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/debcache")
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "debcache"
+
+
+# --- validation -----------------------------------------------------------------
+
+
+class _Section:
+    """A TOML table being validated: every key read is ticked off; the rest are unknown."""
+
+    def __init__(self, source: Path, name: str, table: object) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table", f"write it as [{name}]")
+        self.source, self.name, self.table = source, name, table
+        self.seen: set[str] = set()
+
+    def error(self, key: str, reason: str, remedy: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.name}.{key}: {reason}", remedy)
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: object) -> object:
+        self.seen.add(key)
+        value = self.table.get(key, default)
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+            names = " or ".join(k.__name__ for k in _as_tuple(kind))
+            raise self.error(key, f"expected {names}, got {value!r}", "correct the value")
+        return value
+
+    def strings(self, key: str, default: list[str]) -> list[str]:
+        values = self.get(key, list, default)
+        if not all(isinstance(v, str) and v for v in values):
+            raise self.error(key, "expected a list of non-empty strings", "correct the list")
+        return values
+
+    def reject_unknown(self) -> None:
+        unknown = sorted(set(self.table) - self.seen)
+        if unknown:
+            raise self.error(
+                unknown[0],
+                "unknown key",
+                f"remove it; known keys are {', '.join(sorted(self.seen))}",
+            )
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def parse_config(document: dict, source: Path, *, apt_dir: Path = Path("/etc/apt")) -> Config:
+    """Validate a parsed TOML document; errors name the file, the key and the reason."""
+    top = _Section(source, "(top level)", document)
+    server = _Section(source, "server", top.get("server", dict, {}))
+    listen = tuple(_parse_listen(server, v) for v in server.strings("listen", ["0.0.0.0:3142"]))
+    data_dir = Path(str(server.get("data_dir", str, str(default_data_dir()))))
+    admin_token = str(server.get("admin_token", str, ""))
+    server.reject_unknown()
+
+    tables = top.get("upstreams", dict, {})
+    upstreams = {name: _parse_upstream(source, name, t) for name, t in tables.items()}
+    if not upstreams:
+        upstreams = discover_upstreams(apt_dir)
+    branches = {
+        name: _parse_branch(source, name, t) for name, t in top.get("branches", dict, {}).items()
+    }
+    top.reject_unknown()
+    return Config(listen, data_dir, upstreams, branches, admin_token, source)
+
+
+def _parse_listen(section: _Section, value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise section.error("listen", f"{value!r} is not HOST:PORT", 'write e.g. "0.0.0.0:3142"')
+    return host, int(port)
+
+
+def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
+    section = _Section(source, f"upstreams.{name}", table)
+    if name in RESERVED_UPSTREAM_NAMES:
+        raise ConfigError(
+            f"{source}: upstreams.{name}: the name {name!r} is reserved for debcache's own URLs",
+            f"rename the upstream; {', '.join(sorted(RESERVED_UPSTREAM_NAMES))} are reserved",
+        )
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"{source}: upstreams.{name}: not a valid upstream name",
+            "use letters, digits, '.', '_', '+' and '-' only",
+        )
+    urls = tuple(u.rstrip("/") for u in section.strings("urls", []))
+    if not urls:
+        raise section.error(
+            "urls", "missing", 'list at least one, e.g. ["http://mirror.example.org/debian"]'
+        )
+    for url in urls:
+        reason = url_problem(url)
+        if reason:
+            raise section.error("urls", f"{url!r} {reason}", "use an http:// or https:// URL")
+    keyring = section.get("keyring", str, str(DEBIAN_ARCHIVE_KEYRING))
+    hosts = section.strings("proxy_hosts", [host_of(u) for u in urls])
+    timeout = section.get("timeout", (int, float), DEFAULT_TIMEOUT)
+    if timeout <= 0:
+        raise section.error("timeout", "must be positive", "give the seconds, e.g. 30")
+    section.reject_unknown()
+    return Upstream(name, urls, Path(keyring), tuple(h.lower() for h in hosts), float(timeout))
+
+
+def _parse_branch(source: Path, name: str, table: object) -> Branch:
+    section = _Section(source, f"branches.{name}", table)
+    if not NAME_PATTERN.match(name):
+        raise section.error("", "not a valid branch name", "use letters, digits, '.', '_', '-'")
+    fill = section.get("fill", str, "strict")
+    if fill not in ("strict", "verified"):
+        raise section.error("fill", f"{fill!r} is not a fill mode", 'use "strict" or "verified"')
+    resign = section.get("resign", bool, False)
+    grace = parse_duration(section, str(section.get("grace", str, "1h")))
+    section.reject_unknown()
+    return Branch(name, str(fill), bool(resign), grace)
+
+
+def parse_duration(section: _Section, text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text.strip())
+    if not match:
+        raise section.error(
+            "grace", f"{text!r} is not a duration", 'write e.g. "90s", "30m" or "1h"'
+        )
+    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` can't be an upstream base URL, or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "is not an http:// or https:// URL"
+    if not parts.hostname:
+        return "has no host"
+    if parts.query or parts.fragment:
+        return "must not have a query or fragment"
+    return None
+
+
+def host_of(url: str) -> str:
+    """`host` or `host:port` as a forward-proxy request names it."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
+# --- apt sources ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AptSource:
+    uri: str
+    signed_by: str | None
+
+
+def discover_upstreams(apt_dir: Path = Path("/etc/apt")) -> dict[str, Upstream]:
+    """Derive upstreams from the host's apt sources; name = last segment of the archive path."""
+    upstreams: dict[str, Upstream] = {}
+    for source in read_apt_sources(apt_dir):
+        if url_problem(source.uri):
+            continue  # cdrom:, file:, mirror+file: and friends can't be proxied
+        url = source.uri.rstrip("/")
+        name = upstream_name_for(url)
+        keyring = _keyring_path(source.signed_by)
+        known = upstreams.get(name)
+        if known is None:
+            upstreams[name] = Upstream(name, (url,), keyring, (host_of(url),))
+        elif url not in known.urls:
+            # Same archive name from a second host: a mirror of the same archive, so failover.
+            upstreams[name] = Upstream(
+                name, (*known.urls, url), known.keyring, (*known.proxy_hosts, host_of(url))
+            )
+    return upstreams
+
+
+def upstream_name_for(url: str) -> str:
+    """`http://mirror.example.org/debian-security` gives `debian-security`."""
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s]
+    candidate = segments[-1] if segments else str(parts.hostname).split(".")[0]
+    name = re.sub(r"[^A-Za-z0-9._+-]", "-", candidate).lstrip("._+-") or "archive"
+    return f"{name}-archive" if name in RESERVED_UPSTREAM_NAMES else name
+
+
+def _keyring_path(signed_by: str | None) -> Path | None:
+    if not signed_by:
+        return DEBIAN_ARCHIVE_KEYRING
+    if signed_by.lstrip().startswith("-----BEGIN"):
+        return None  # an inline key; it can't be handed to gpgv as a file
+    return Path(signed_by.split(",")[0].strip())
+
+
+def read_apt_sources(apt_dir: Path) -> list[AptSource]:
+    """Every enabled `deb`/`deb-src` source, in apt's order: sources.list, then sources.list.d."""
+    sources = _read_one_line_file(apt_dir / "sources.list")
+    parts = apt_dir / "sources.list.d"
+    for path in sorted(parts.glob("*")) if parts.is_dir() else []:
+        if path.suffix == ".list":
+            sources += _read_one_line_file(path)
+        elif path.suffix == ".sources":
+            sources += _read_deb822_file(path)
+    return sources
+
+
+ONE_LINE_ENTRY = re.compile(r"^\s*(deb|deb-src)\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+\S+")
+
+
+def _read_one_line_file(path: Path) -> list[AptSource]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    sources = []
+    for line in lines:
+        match = ONE_LINE_ENTRY.match(line.split("#", 1)[0])
+        if match:
+            options = dict(o.split("=", 1) for o in (match.group(2) or "").split() if "=" in o)
+            sources.append(AptSource(match.group(3), options.get("signed-by")))
+    return sources
+
+
+def _read_deb822_file(path: Path) -> list[AptSource]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            paragraphs = list(deb822.Deb822.iter_paragraphs(f, use_apt_pkg=False))
+    except OSError:
+        return []
+    sources = []
+    for paragraph in paragraphs:
+        if paragraph.get("Enabled", "yes").strip().lower() == "no":
+            continue
+        if not {"deb", "deb-src"} & set(paragraph.get("Types", "").split()):
+            continue
+        for uri in paragraph.get("URIs", "").split():
+            sources.append(AptSource(uri, paragraph.get("Signed-By")))
+    return sources

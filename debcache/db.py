@@ -1,0 +1,195 @@
+"""The SQLite schema (WAL) and every query; one writer thread, a connection per reader thread.
+
+A `sqlite_utils.Database` keeps sqlite3's same-thread check, so connections are
+never shared: writes go through `Database.write` (one thread, group commits),
+reads through `Database.read` (a connection per worker thread). Query functions
+take the `sqlite_utils.Database` they run on, so the CLI can call them directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_BATCH = 512
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cached (
+    upstream TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    last_modified TEXT,          -- the upstream's header, sent back as If-Modified-Since
+    etag TEXT,                   -- the upstream's, sent back as If-None-Match
+    fetched_at REAL NOT NULL,
+    PRIMARY KEY (upstream, path)
+);
+CREATE TABLE IF NOT EXISTS pool_hashes (
+    upstream TEXT NOT NULL,
+    path TEXT NOT NULL,          -- Filename of a Packages stanza
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (upstream, path)
+);
+CREATE TABLE IF NOT EXISTS fetches (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    client TEXT,
+    recording TEXT,
+    upstream TEXT NOT NULL,
+    path TEXT NOT NULL,
+    method TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    sha256 TEXT,
+    size INTEGER,
+    source TEXT NOT NULL,        -- hit, miss, coalesced, stale, upstream, error
+    duration REAL NOT NULL,
+    complete INTEGER NOT NULL    -- 1 when the client received the whole response
+);
+CREATE INDEX IF NOT EXISTS fetches_by_recording ON fetches (recording, upstream, path);
+"""
+
+
+def connect(path: Path) -> sqlite_utils.Database:
+    """A connection for the calling thread only."""
+    conn = sqlite3.connect(path, timeout=30)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process crashes
+    return sqlite_utils.Database(conn)
+
+
+def create_schema(path: Path) -> None:
+    db = connect(path)
+    db.enable_wal()
+    db.conn.executescript(SCHEMA)
+    db.conn.close()
+
+
+class Database:
+    """The server's access to debcache.db: one writer thread, thread-local readers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._jobs: queue.SimpleQueue[tuple[Callable, tuple, Future] | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
+        self._readers = threading.local()
+
+    def open(self) -> Database:
+        create_schema(self.path)
+        self._writer.start()
+        return self
+
+    def close(self) -> None:
+        """Commit what is queued and stop the writer."""
+        if self._writer.is_alive():
+            self._jobs.put(None)
+            self._writer.join()
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(db, *args)` on the writer thread, in a transaction; await its result."""
+        return await asyncio.wrap_future(self.write_soon(fn, *args))
+
+    def write_soon(self, fn: Callable[..., T], *args: Any) -> Future:
+        """Queue `fn(db, *args)` for the writer; it is committed with the next group."""
+        future: Future = Future()
+        self._jobs.put((fn, args, future))
+        return future
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(db, *args)` on a worker thread with that thread's own connection."""
+        return await asyncio.to_thread(self._read, fn, *args)
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        db = getattr(self._readers, "db", None)
+        if db is None:
+            db = self._readers.db = connect(self.path)
+        return fn(db, *args)
+
+    def _write_loop(self) -> None:
+        db = connect(self.path)
+        running = True
+        while running:
+            batch = [self._jobs.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            if None in batch:
+                running = False
+                batch = [job for job in batch if job is not None]
+            self._run_batch(db, batch)
+        db.conn.close()
+
+    def _run_batch(self, db: sqlite_utils.Database, batch: list) -> None:
+        # A future cancelled meanwhile (its awaiter went away at shutdown) is skipped.
+        batch = [job for job in batch if job[2].set_running_or_notify_cancel()]
+        results = []
+        try:
+            with db.conn:  # one transaction, one commit for the whole group
+                for fn, args, future in batch:
+                    try:
+                        results.append((future, fn(db, *args), None))
+                    except sqlite3.Error:
+                        raise
+                    except Exception as exc:  # a bug in one job must not lose the others
+                        results.append((future, None, exc))
+        except sqlite3.Error as exc:
+            log.exception("database write failed")
+            results = [(future, None, exc) for _, _, future in batch]
+        for future, result, exc in results:
+            if exc is None:
+                future.set_result(result)
+            else:
+                future.set_exception(exc)
+
+
+# --- queries ----------------------------------------------------------------------
+
+
+def load_cached(db: sqlite_utils.Database) -> list[dict]:
+    return list(db.query("SELECT * FROM cached"))
+
+
+def upsert_cached(db: sqlite_utils.Database, row: dict) -> None:
+    db["cached"].upsert(row, pk=("upstream", "path"))
+
+
+def add_pool_hashes(
+    db: sqlite_utils.Database, upstream: str, entries: Iterable[tuple[str, int, str]]
+) -> int:
+    rows = [
+        {"upstream": upstream, "path": path, "size": size, "sha256": sha256}
+        for path, size, sha256 in entries
+    ]
+    db["pool_hashes"].upsert_all(rows, pk=("upstream", "path"), batch_size=1000)
+    return len(rows)
+
+
+def pool_hash(db: sqlite_utils.Database, upstream: str, path: str) -> tuple[str, int] | None:
+    row = db.execute(
+        "SELECT sha256, size FROM pool_hashes WHERE upstream = ? AND path = ?", [upstream, path]
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def insert_fetch(db: sqlite_utils.Database, row: dict) -> None:
+    db["fetches"].insert(row)
+
+
+def fetches(db: sqlite_utils.Database, recording: str | None = None) -> list[dict]:
+    """Fetch-log rows, oldest first; only those of `recording` when given."""
+    if recording is None:
+        return list(db.query("SELECT * FROM fetches ORDER BY id"))
+    return list(db.query("SELECT * FROM fetches WHERE recording = ? ORDER BY id", [recording]))

@@ -1,0 +1,148 @@
+"""The app factory, its services, the error middleware and the server's main loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from ..cache import LiveCache
+from ..config import Config
+from ..db import Database
+from ..errors import DebcacheError, MethodNotAllowed
+from ..inflight import Downloads
+from ..recording import FetchLog
+from ..store import FileStore
+from ..upstream import UpstreamClient, create_session
+from . import admin
+from .keys import CACHE, CONFIG, FETCH_LOG
+from .live import SOURCE_HEADER, is_absolute_form, serve_live
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(config: Config) -> web.Application:
+    """The debcache web application for `config`; services start with the app."""
+    app = web.Application(middlewares=[error_middleware, forward_proxy_middleware])
+    app[CONFIG] = config
+    app.cleanup_ctx.append(services)
+    app.router.add_get("/_/health", admin.health)
+    app.router.add_get("/{tail:.+}", serve_live)
+    return app
+
+
+async def services(app: web.Application) -> AsyncIterator[None]:
+    """Open the store, the database and the upstream session; close them on shutdown."""
+    config = app[CONFIG]
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = FileStore(config.data_dir).open()
+    database = Database(config.data_dir / "debcache.db").open()
+    session = create_session()
+    downloads = Downloads(store)
+    cache = LiveCache(store, database, downloads, UpstreamClient(session))
+    await cache.load()
+    app[CACHE], app[FETCH_LOG] = cache, FetchLog(database)
+    try:
+        yield
+    finally:
+        await downloads.close()
+        await session.close()
+        database.close()
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """DebcacheError → its status and one plain-text line; anything else → logged 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except DebcacheError as exc:
+        return web.Response(status=exc.status, text=f"{exc}\n")
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.raw_path)
+        return web.Response(
+            status=500, text="debcache failed unexpectedly; the details are in its log.\n"
+        )
+
+
+@web.middleware
+async def forward_proxy_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Absolute-URI requests go to the live cache, whatever route their path matched."""
+    if request.method == "CONNECT":
+        raise MethodNotAllowed(
+            f"debcache does not tunnel connections (CONNECT {request.raw_path})",
+            "use an http:// source with this proxy, or http://cache:3142/UPSTREAM/ as the mirror",
+        )
+    if is_absolute_form(request):
+        if request.method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(f"debcache proxies GET and HEAD only, not {request.method}")
+        return await serve_live(request)
+    return await handler(request)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: client, request, status, bytes, cache source, seconds."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %s %s %.3f',
+            request.remote,
+            request.method,
+            request.raw_path,
+            response.status,
+            response.body_length,
+            response.headers.get(SOURCE_HEADER, "-"),
+            time,
+        )
+
+
+def bind_sockets(config: Config) -> list[socket.socket]:
+    """Listening sockets for every `listen` address (bound before the app starts)."""
+    sockets = []
+    for host, port in config.listen:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sockets.append(sock)
+    return sockets
+
+
+async def run_server(
+    config: Config, sockets: list[socket.socket], stop: asyncio.Event | None = None
+) -> None:
+    """Serve on `sockets` until `stop` is set (or SIGINT/SIGTERM when run as a service)."""
+    stop = stop or asyncio.Event()
+    runner = web.AppRunner(
+        create_app(config),
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("debcache.access"),
+        handle_signals=False,
+    )
+    await runner.setup()
+    try:
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def serve_forever(config: Config, sockets: list[socket.socket]) -> None:
+    """The `debcache serve` main loop: stops cleanly on SIGINT and SIGTERM."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_server(config, sockets, stop)
+
+    asyncio.run(main())

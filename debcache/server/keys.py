@@ -1,0 +1,11 @@
+"""Typed keys of what the app holds, shared by the handlers."""
+
+from aiohttp import web
+
+from ..cache import LiveCache
+from ..config import Config
+from ..recording import FetchLog
+
+CONFIG = web.AppKey("config", Config)
+CACHE = web.AppKey("cache", LiveCache)
+FETCH_LOG = web.AppKey("fetch_log", FetchLog)

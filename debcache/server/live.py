@@ -1,0 +1,230 @@
+"""Live requests: mirror-URL mode, /record/ and forward-proxy mode, all over one cache.
+
+A request flows one way: resolve the target (upstream, archive path, recording),
+ask the live cache where the body comes from, write the response, then log it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from aiohttp import web
+
+from ..archive import classify_path, content_type_for, parse_archive_path
+from ..cache import FromStore, Outcome, PassedOn, Streaming
+from ..config import Config, Upstream
+from ..errors import DebcacheError, Forbidden, NotFound
+from ..recording import FetchRecord, check_recording_name, recording_from_credentials
+from .keys import CACHE, CONFIG, FETCH_LOG
+
+log = logging.getLogger(__name__)
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "no-cache"
+SOURCE_HEADER = "X-Debcache"
+
+
+@dataclass(frozen=True)
+class Target:
+    upstream: Upstream
+    path: str
+    recording: str | None
+
+
+def is_absolute_form(request: web.BaseRequest) -> bool:
+    """A forward-proxy request: the request line carries `http://host/...`."""
+    return not request.raw_path.startswith("/")
+
+
+async def serve_live(request: web.Request) -> web.StreamResponse:
+    """GET/HEAD of an archive file through the live cache, in any of the three modes."""
+    config, cache, fetch_log = request.app[CONFIG], request.app[CACHE], request.app[FETCH_LOG]
+    target = resolve_target(request, config)
+    record = fetch_log.begin(
+        request.remote, target.recording, target.upstream.name, target.path, request.method
+    )
+    try:
+        outcome = await cache.fetch(target.upstream, target.path)
+        return await respond(request, target, outcome, record)
+    except DebcacheError as exc:
+        record.status = exc.status
+        raise
+    finally:
+        fetch_log.finish(record)
+
+
+# --- where a request goes ---------------------------------------------------------
+
+
+def resolve_target(request: web.Request, config: Config) -> Target:
+    if is_absolute_form(request):
+        return _forward_proxy_target(request, config)
+    first, _, rest = request.rel_url.raw_path.lstrip("/").partition("/")
+    recording = None
+    if unquote(first) == "record":
+        tag, _, rest = rest.partition("/")
+        recording = check_recording_name(unquote(tag))
+        first, _, rest = rest.partition("/")
+    upstream = _upstream_named(config, unquote(first))
+    recording = recording or _recording_from_headers(
+        request, "Authorization", "Proxy-Authorization"
+    )
+    return Target(upstream, parse_archive_path(rest), recording)
+
+
+def _upstream_named(config: Config, name: str) -> Upstream:
+    upstream = config.upstreams.get(name)
+    if upstream is None:
+        known = ", ".join(sorted(config.upstreams)) or "none"
+        raise NotFound(
+            f"no upstream named {name!r} (configured: {known})",
+            "use http://cache:3142/UPSTREAM/... with one of those names, or add it to the config",
+        )
+    return upstream
+
+
+def _forward_proxy_target(request: web.Request, config: Config) -> Target:
+    host = (request.url.host or "").lower()
+    port = request.url.explicit_port
+    raw = request.rel_url.raw_path
+    best: tuple[int, Upstream, str] | None = None
+    for upstream in config.upstreams.values():
+        if not any(proxy_host_matches(entry, host, port) for entry in upstream.proxy_hosts):
+            continue
+        for base_path in base_paths(upstream):
+            is_prefix = raw == base_path or raw.startswith(base_path + "/")
+            if is_prefix and (best is None or len(base_path) > best[0]):
+                best = (len(base_path), upstream, raw[len(base_path) + 1 :])
+    if best is None:
+        authority = f"{host}:{port}" if port else host
+        raise Forbidden(
+            f"debcache forwards only to its configured archives; {authority}{raw} is in none",
+            "add the host to proxy_hosts of an upstream, or use http://cache:3142/UPSTREAM/ "
+            "as the mirror URL",
+        )
+    _, upstream, rest = best
+    recording = _recording_from_headers(request, "Proxy-Authorization", "Authorization")
+    return Target(upstream, parse_archive_path(rest), recording)
+
+
+def proxy_host_matches(entry: str, host: str, port: int | None) -> bool:
+    """`entry` is `host` or `host:port`; a missing port on either side means 80."""
+    entry_host, _, entry_port = entry.rpartition(":") if ":" in entry else (entry, "", "80")
+    return entry_host == host and int(entry_port or 80) == (port or 80)
+
+
+def base_paths(upstream: Upstream) -> set[str]:
+    """The path part of each base URL: `/debian` for http://mirror.example.org/debian."""
+    return {urlsplit(url).path.rstrip("/") for url in upstream.urls}
+
+
+def _recording_from_headers(request: web.Request, *headers: str) -> str | None:
+    for header in headers:
+        name = recording_from_credentials(request.headers.get(header))
+        if name:
+            return name
+    return None
+
+
+# --- the response -----------------------------------------------------------------
+
+
+async def respond(
+    request: web.Request, target: Target, outcome: Outcome, record: FetchRecord
+) -> web.StreamResponse:
+    record.source = getattr(outcome, "source", "upstream")
+    if isinstance(outcome, FromStore):
+        return await _send_blob(request, target, outcome, record)
+    if isinstance(outcome, Streaming):
+        return await _send_download(request, target, outcome, record)
+    return _pass_on(outcome, record)
+
+
+class BlobResponse(web.FileResponse):
+    """A FileResponse that may be sent inside the handler (so it can be logged as complete)."""
+
+    async def prepare(self, request: web.BaseRequest):  # type: ignore[override]
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
+async def _send_blob(
+    request: web.Request, target: Target, outcome: FromStore, record: FetchRecord
+) -> web.StreamResponse:
+    headers = _headers(target.path, outcome.source)
+    if outcome.warning:
+        headers["Warning"] = '111 debcache "Revalidation Failed"'
+        log.warning("serving a stale %s/%s: %s", target.upstream.name, target.path, outcome.warning)
+    response = BlobResponse(outcome.blob, headers=headers)
+    record.sha256, record.size = outcome.file.sha256, outcome.file.size
+    try:
+        await response.prepare(_without_entity_tag_if_range(request))
+        await response.write_eof()
+    except ConnectionError:
+        return response  # the client hung up; logged as incomplete
+    record.status, record.complete = response.status, True
+    return response
+
+
+def _without_entity_tag_if_range(request: web.Request) -> web.Request:
+    # aiohttp honours Range even when an If-Range entity tag does not match. A full
+    # 200 is always a correct answer to a Range request, so drop such ranges.
+    if_range = request.headers.get("If-Range", "")
+    if "Range" in request.headers and if_range.lstrip().startswith(('"', "W/")):
+        headers = request.headers.copy()
+        del headers["Range"]
+        del headers["If-Range"]
+        return request.clone(headers=headers)
+    return request
+
+
+async def _send_download(
+    request: web.Request, target: Target, outcome: Streaming, record: FetchRecord
+) -> web.StreamResponse:
+    download = outcome.download
+    headers = _headers(target.path, outcome.source)
+    if download.last_modified:
+        headers["Last-Modified"] = download.last_modified
+    response = web.StreamResponse(headers=headers)
+    if download.content_length is not None:
+        response.content_length = download.content_length
+    elif request.method != "HEAD":
+        response.enable_chunked_encoding()
+    try:
+        await response.prepare(request)
+        if request.method != "HEAD":
+            async for chunk in download.chunks():
+                await response.write(chunk)
+        await response.write_eof()
+    except DebcacheError as exc:
+        # Headers and most of the body are gone already: end the connection short so
+        # the client sees a failed transfer, never a complete-looking 200.
+        record.status = exc.status
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    except ConnectionError:
+        return response
+    record.status, record.complete = response.status, True
+    if download.result is not None:
+        record.sha256, record.size = download.result.sha256, download.result.size
+    return response
+
+
+def _pass_on(outcome: PassedOn, record: FetchRecord) -> web.Response:
+    record.status, record.complete = outcome.status, True
+    return web.Response(
+        status=outcome.status,
+        body=outcome.body,
+        headers={"Content-Type": outcome.content_type, SOURCE_HEADER: "upstream"},
+    )
+
+
+def _headers(path: str, source: str) -> dict[str, str]:
+    return {
+        "Content-Type": content_type_for(path),
+        "Cache-Control": IMMUTABLE if classify_path(path).immutable else REVALIDATE,
+        SOURCE_HEADER: source,
+    }

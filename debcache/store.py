@@ -1,0 +1,74 @@
+"""Blobs by sha256, written once: temp file, hash while writing, fsync, rename.
+
+The store knows bytes and digests only; which archive path holds which digest
+is the database's business. A blob is visible under its final name only once
+complete and checked, so a crash or a full disk leaves at worst a stray file
+in `tmp/`, which `FileStore.open` sweeps away.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+
+class FileStore:
+    """`<data>/blobs/sha256/<2 hex>/<64 hex>`, with `<data>/tmp/` on the same file system."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.blobs = data_dir / "blobs" / "sha256"
+        self.tmp = data_dir / "tmp"
+
+    def open(self) -> FileStore:
+        """Create the directories and remove partial downloads left by a crash."""
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+        return self
+
+    def local_path(self, sha256: str) -> Path:
+        if not SHA256_PATTERN.match(sha256):
+            raise ValueError(f"not a sha256 digest: {sha256!r}")
+        return self.blobs / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.local_path(sha256).is_file()
+
+    def create_temp(self) -> Path:
+        """A new, empty temp file to download into."""
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix="partial-")
+        os.close(fd)
+        return Path(name)
+
+    def commit(self, temp: Path, sha256: str, mtime: float | None = None) -> Path:
+        """Move a complete, checked temp file into place; the temp must already be fsynced.
+
+        A blob that exists already is left untouched: its bytes are the same by name.
+        """
+        final = self.local_path(sha256)
+        if final.exists():
+            temp.unlink(missing_ok=True)
+            return final
+        final.parent.mkdir(exist_ok=True)
+        if mtime is not None:
+            # Last-Modified of hits comes from the blob's mtime: keep the upstream's.
+            os.utime(temp, (mtime, mtime))
+        os.chmod(temp, 0o644)
+        os.replace(temp, final)
+        return final
+
+    def delete(self, sha256: str) -> None:
+        self.local_path(sha256).unlink(missing_ok=True)
+
+    def iterate(self) -> Iterator[str]:
+        """Every blob's digest."""
+        for prefix in self.blobs.iterdir():
+            for blob in prefix.iterdir():
+                if SHA256_PATTERN.match(blob.name):
+                    yield blob.name

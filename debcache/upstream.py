@@ -1,0 +1,123 @@
+"""The aiohttp client side: failover across base URLs, conditional GETs, bounded waits.
+
+aiohttp's client would decompress `Content-Encoding: gzip` bodies and wait five
+minutes for a hung mirror by default; both are wrong for an archive cache, so
+the session is built here with `auto_decompress=False` and per-upstream timeouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from . import __version__
+from .archive import upstream_url
+from .config import CONNECT_TIMEOUT, Upstream
+from .errors import UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+FAILED_URL_PENALTY = 30.0  # seconds a failed base URL goes to the back of the queue
+USER_AGENT = f"debcache/{__version__}"
+
+
+def create_session() -> aiohttp.ClientSession:
+    """The one client session of a server; the caller closes it."""
+    return aiohttp.ClientSession(
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+        connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        skip_auto_headers=("Accept-Encoding",),
+    )
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What we hold of a cached copy, sent back to the upstream to revalidate it."""
+
+    last_modified: str | None
+    etag: str | None
+
+
+class UpstreamClient:
+    """GETs archive paths from an upstream's base URLs, in order, skipping failed ones."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self._failed_until: dict[str, float] = {}
+
+    async def get(
+        self, upstream: Upstream, path: str, validators: Validators | None = None
+    ) -> aiohttp.ClientResponse:
+        """The first non-5xx response, or the last 5xx one; raise if no URL answered.
+
+        The caller must release the response. Redirects are followed.
+        """
+        headers = self._request_headers(validators)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=upstream.timeout
+        )
+        failures: list[str] = []
+        only_timeouts = True
+        server_error: aiohttp.ClientResponse | None = None
+        for base in self._in_preferred_order(upstream.urls):
+            url = upstream_url(base, path)
+            try:
+                response = await self.session.get(url, headers=headers, timeout=timeout)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failures.append(f"{url}: {describe_failure(exc)}")
+                only_timeouts &= isinstance(exc, TimeoutError)
+                self._failed_until[base] = time.monotonic() + FAILED_URL_PENALTY
+                continue
+            if response.status < 500:
+                self._failed_until.pop(base, None)
+                if server_error is not None:
+                    server_error.release()
+                return response
+            failures.append(f"{url}: HTTP {response.status}")
+            only_timeouts = False
+            self._failed_until[base] = time.monotonic() + FAILED_URL_PENALTY
+            if server_error is not None:
+                server_error.release()
+            server_error = response
+        log.warning("upstream %s failed for %s: %s", upstream.name, path, "; ".join(failures))
+        if server_error is not None:
+            return server_error
+        error = UpstreamTimeout if only_timeouts else UpstreamUnavailable
+        raise error(
+            f"upstream {upstream.name!r} could not be reached for {path}: {'; '.join(failures)}",
+            f"check the mirror or list another one in [upstreams.{upstream.name}] urls",
+        )
+
+    def _in_preferred_order(self, urls: tuple[str, ...]) -> list[str]:
+        now = time.monotonic()
+        return sorted(urls, key=lambda base: self._failed_until.get(base, 0.0) > now)
+
+    @staticmethod
+    def _request_headers(validators: Validators | None) -> dict[str, str]:
+        if validators is None:
+            return {}
+        # Like apt: a CDN or proxy between us and the mirror must revalidate too.
+        headers = {"Cache-Control": "max-age=0"}
+        if validators.last_modified:
+            headers["If-Modified-Since"] = validators.last_modified
+        if validators.etag:
+            headers["If-None-Match"] = validators.etag
+        return headers
+
+
+def describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+async def read_limited(response: aiohttp.ClientResponse, limit: int = 65536) -> bytes:
+    """At most `limit` bytes of an error body, to pass it on to the client."""
+    try:
+        return await response.content.read(limit)
+    except (TimeoutError, aiohttp.ClientError):
+        return b""

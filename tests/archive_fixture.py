@@ -1,0 +1,521 @@
+"""Build small, real, signed Debian archives for tests.
+
+Everything here is real: packages come from ``dpkg-deb --build``, indices are
+written with python-debian, and ``InRelease``/``Release.gpg`` are signed by a
+throwaway gpg key, so ``apt-get``, ``gpgv`` and debootstrap accept the result.
+
+Typical use (a session-scoped fixture builds it once, in well under a second)::
+
+    archive = build_test_archive(tmp_path / "www")   # root/debian/{dists,pool}
+    with FakeMirror(archive.root) as mirror:          # serves root over HTTP
+        apt = AptRoot(tmp_path / "apt")
+        apt.write_sources(
+            [f"deb [signed-by={archive.key.keyring}] {mirror.url}/debian bookworm main"]
+        )
+        apt.update()
+
+A point release is simulated by publishing the suite again with new versions::
+
+    packages = [p for p in default_packages() if p.name != "hello"]
+    packages.append(PackageSpec("hello", "2.10-3+deb12u1", depends="libgreet1 (>= 1.0)"))
+    archive.publish_suite("bookworm", packages)
+    archive.remove_pool_file(archive.pool_path("hello", "2.10-3"))  # optional, as mirrors do
+
+Republishing rewrites ``dists/<suite>`` (old ``by-hash`` files stay, as on real
+mirrors) and bumps the mtime of every rewritten index file by at least one
+second, so ``If-Modified-Since`` sees the change even within the same second.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from debian import deb822
+from debian.debian_support import Version
+
+MAINTAINER = "debcache tests <archive@example.org>"
+
+# dpkg-deb clamps tar mtimes and stamps the ar members with this, so a package
+# rebuilt after remove_pool_file() is byte-identical to the first build.
+SOURCE_DATE_EPOCH = "1686387231"
+
+# Unix socket paths are limited to 108 bytes; gpg-agent puts its sockets in
+# the home directory when /run/user/<uid> is missing (as for root in a
+# container) and fails to start when that path is too long.
+_MAX_GNUPGHOME = 80
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    """One binary package to build and publish; the payload is deterministic."""
+
+    name: str
+    version: str
+    architecture: str = "amd64"
+    depends: str = ""
+    priority: str = "optional"
+    section: str = "misc"
+    payload_size: int = 2000
+    essential: bool = False
+    kind: str = "deb"
+    component: str = "main"
+
+    @property
+    def file_name(self) -> str:
+        """The pool file name: the version loses its epoch, as in Debian."""
+        version = self.version.split(":", 1)[-1]
+        return f"{self.name}_{version}_{self.architecture}.{self.kind}"
+
+    def pool_path(self) -> str:
+        """The archive-relative ``Filename:`` of this package."""
+        prefix = self.name[:4] if self.name.startswith("lib") else self.name[0]
+        return f"pool/{self.component}/{prefix}/{self.name}/{self.file_name}"
+
+
+@dataclass
+class SigningKey:
+    """A throwaway gpg key without passphrase and its binary public keyring."""
+
+    gnupghome: Path
+    fingerprint: str
+    keyring: Path
+
+    def gpg(self, *args: str, stdin: bytes | None = None) -> bytes:
+        """Run gpg on this key's home directory and return its stdout."""
+        return _gpg(self.gnupghome, *args, stdin=stdin)
+
+
+def _gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
+    command = ["gpg", "--batch", "--quiet", "--no-tty", "--homedir", str(home)]
+    command += ["--pinentry-mode", "loopback", "--passphrase", "", *args]
+    result = subprocess.run(command, input=stdin, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.decode(errors='replace')}")
+    return result.stdout
+
+
+def _stop_agent(home: Path, remove: bool) -> None:
+    # Each home directory gets its own gpg-agent daemon; without this they
+    # outlive the test run.
+    subprocess.run(
+        ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True, check=False
+    )
+    if remove:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def make_signing_key(
+    directory: Path, uid: str = "debcache test archive <archive@example.org>"
+) -> SigningKey:
+    """Create a passphrase-less signing key and export ``directory/keyring.gpg``."""
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    home = directory / "gnupg"
+    temporary = len(str(home)) > _MAX_GNUPGHOME
+    if temporary:
+        home = Path(tempfile.mkdtemp(prefix="dcgpg-"))
+    home.mkdir(mode=0o700, exist_ok=True)
+    atexit.register(_stop_agent, home, temporary)
+    try:
+        _gpg(home, "--quick-gen-key", uid, "ed25519", "sign", "never")
+    except RuntimeError:
+        _gpg(home, "--quick-gen-key", uid, "rsa2048", "sign", "never")
+    listing = _gpg(home, "--with-colons", "--list-secret-keys", uid).decode()
+    fingerprint = next(
+        line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")
+    )
+    keyring = directory / "keyring.gpg"
+    # `gpg --export` writes plain OpenPGP packets, the format gpgv and apt's
+    # signed-by= want; a keybox (.kbx) or armoured file would not do.
+    keyring.write_bytes(_gpg(home, "--export", fingerprint))
+    return SigningKey(gnupghome=home, fingerprint=fingerprint, keyring=keyring)
+
+
+def format_date(moment: datetime) -> str:
+    """Format like Debian's Release files: ``Sat, 10 Jun 2023 08:53:51 UTC``."""
+    moment = moment.astimezone(UTC)
+    # Spelled out rather than strftime("%a %b") so the locale cannot change it.
+    weekday, month = _WEEKDAYS[moment.weekday()], _MONTHS[moment.month - 1]
+    return f"{weekday}, {moment.day:02d} {month} {moment.year} {moment:%H:%M:%S} UTC"
+
+
+def _payload(spec: PackageSpec) -> bytes:
+    # Pseudo-random so compression cannot hide payload_size, and deterministic
+    # so rebuilding gives the same bytes.
+    seed = f"{spec.name}_{spec.version}_{spec.architecture}".encode()
+    return hashlib.shake_256(seed).digest(spec.payload_size)
+
+
+def _control(spec: PackageSpec) -> deb822.Deb822:
+    control = deb822.Deb822()
+    control["Package"] = spec.name
+    control["Version"] = spec.version
+    control["Architecture"] = spec.architecture
+    control["Maintainer"] = MAINTAINER
+    control["Installed-Size"] = str(spec.payload_size // 1024 + 4)
+    if spec.depends:
+        control["Depends"] = spec.depends
+    control["Priority"] = spec.priority
+    control["Section"] = spec.section
+    if spec.essential:
+        control["Essential"] = "yes"
+    if spec.kind == "udeb":
+        control["Package-Type"] = "udeb"
+    control["Description"] = (
+        f"debcache test package {spec.name}\n"
+        f" Built by tests/archive_fixture.py; carries {spec.payload_size} bytes."
+    )
+    return control
+
+
+# Built packages by spec, shared by every Archive in the process, so that
+# republishing a suite or building a second archive costs no dpkg-deb runs.
+_built: dict[PackageSpec, bytes] = {}
+
+
+def build_package(spec: PackageSpec) -> bytes:
+    """Build (or return the cached) ``.deb``/``.udeb`` bytes for spec."""
+    if spec in _built:
+        return _built[spec]
+    if spec.kind not in ("deb", "udeb"):
+        raise ValueError(f"unknown package kind {spec.kind!r}")
+    with tempfile.TemporaryDirectory(prefix="debcache-deb-") as work:
+        tree = Path(work) / "tree"
+        (tree / "DEBIAN").mkdir(parents=True)
+        (tree / "DEBIAN" / "control").write_text(_control(spec).dump())
+        payload = tree / "usr" / "share" / spec.name / "payload.bin"
+        payload.parent.mkdir(parents=True)
+        payload.write_bytes(_payload(spec))
+        output = Path(work) / spec.file_name
+        env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
+        command = [
+            "dpkg-deb",
+            "--root-owner-group",
+            "-Zgzip",
+            "-z6",
+            "--build",
+            str(tree),
+            str(output),
+        ]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"dpkg-deb failed for {spec.file_name}: {result.stderr}")
+        _built[spec] = output.read_bytes()
+    return _built[spec]
+
+
+@dataclass
+class _IndexFile:
+    path: str  # relative to dists/<suite>
+    content: bytes
+    on_disk: bool
+
+
+@dataclass
+class _Published:
+    spec: PackageSpec
+    pool_path: str
+    stanza: deb822.Packages = field(repr=False)
+
+
+class Archive:
+    """A Debian archive under root/<base> (default "debian"), served by FakeMirror at /<base>/."""
+
+    def __init__(self, root: Path, key: SigningKey, base: str = "debian") -> None:
+        self.root = Path(root).absolute()
+        self.base = base
+        self.key = key
+        self.path("").mkdir(parents=True, exist_ok=True)
+        # name -> version -> pool path, for every package ever published.
+        self._published: dict[str, dict[str, str]] = {}
+
+    def path(self, archive_path: str) -> Path:
+        """The local file behind an archive-relative path."""
+        return self.root / self.base / archive_path
+
+    def read(self, archive_path: str) -> bytes:
+        """The bytes of an archive-relative path."""
+        return self.path(archive_path).read_bytes()
+
+    def sha256(self, archive_path: str) -> str:
+        """Hex SHA256 of an archive-relative path."""
+        return hashlib.sha256(self.read(archive_path)).hexdigest()
+
+    def files(self) -> list[str]:
+        """Every archive-relative file path currently on disk, sorted."""
+        top = self.path("")
+        return sorted(p.relative_to(top).as_posix() for p in top.rglob("*") if p.is_file())
+
+    def pool_path(self, name: str, version: str | None = None) -> str:
+        """Archive-relative ``Filename`` of a published package, newest if version is None."""
+        versions = self._published.get(name)
+        if not versions:
+            raise KeyError(f"package {name!r} was never published")
+        if version is None:
+            version = max(versions, key=Version)
+        if version not in versions:
+            raise KeyError(f"{name} {version} was never published; have {sorted(versions)}")
+        return versions[version]
+
+    def remove_pool_file(self, rel_path: str) -> None:
+        """Delete a pool file, as real mirrors do with superseded packages."""
+        self.path(rel_path).unlink()
+
+    def publish_suite(
+        self,
+        suite: str,
+        packages: Sequence[PackageSpec],
+        *,
+        codename: str | None = None,
+        components: Sequence[str] = ("main",),
+        architectures: Sequence[str] = ("amd64", "all"),
+        valid_until: datetime | None = None,
+        date: datetime | None = None,
+        by_hash: bool = True,
+        compressions: Sequence[str] = ("", ".gz", ".xz"),
+        signed_forms: Sequence[str] = ("InRelease", "Release.gpg"),
+    ) -> None:
+        """Write pool files, indices, Release and signatures for suite (replacing dists/<suite>)."""
+        unknown = set(signed_forms) - {"InRelease", "Release.gpg"}
+        if unknown:
+            raise ValueError(f"unknown signed forms {sorted(unknown)}")
+        published = [self._publish_package(spec, components) for spec in packages]
+        index_files = self._index_files(published, components, architectures, compressions)
+        dists = self.path(f"dists/{suite}")
+        old_mtime = self._clear_suite(dists)
+        # Index files must look newer than the ones they replace, or a client
+        # sending If-Modified-Since within the same second would get a 304.
+        mtime = max(time.time(), old_mtime + 1)
+        for index in index_files:
+            if not index.on_disk:
+                continue
+            target = dists / index.path
+            _write(target, index.content, mtime)
+            if by_hash:
+                for algorithm in ("MD5Sum", "SHA256"):
+                    digest = _digest(algorithm, index.content)
+                    _write(target.parent / "by-hash" / algorithm / digest, index.content, mtime)
+        release = self._release(
+            suite,
+            codename or suite,
+            components,
+            architectures,
+            index_files,
+            date=date or datetime.now(UTC),
+            valid_until=valid_until,
+            by_hash=by_hash,
+        )
+        _write(dists / "Release", release, mtime)
+        if "InRelease" in signed_forms:
+            signed = self.key.gpg(
+                "--local-user",
+                self.key.fingerprint,
+                "--digest-algo",
+                "SHA512",
+                "--clearsign",
+                stdin=release,
+            )
+            _write(dists / "InRelease", signed, mtime)
+        if "Release.gpg" in signed_forms:
+            signature = self.key.gpg(
+                "--local-user",
+                self.key.fingerprint,
+                "--digest-algo",
+                "SHA512",
+                "--armor",
+                "--detach-sign",
+                stdin=release,
+            )
+            _write(dists / "Release.gpg", signature, mtime)
+
+    def _publish_package(self, spec: PackageSpec, components: Sequence[str]) -> _Published:
+        if spec.component not in components:
+            raise ValueError(
+                f"{spec.name} is in component {spec.component!r}, not in {list(components)}"
+            )
+        content = build_package(spec)
+        pool_path = spec.pool_path()
+        target = self.path(pool_path)
+        if not target.exists():
+            _write(target, content)
+        elif target.read_bytes() != content:
+            # The archive (dak) never reuses a file name for other bytes; a
+            # test doing so by accident would get indices that lie.
+            raise ValueError(f"{pool_path} exists with other content; change the version")
+        self._published.setdefault(spec.name, {})[spec.version] = pool_path
+        stanza = _control(spec)
+        del stanza["Description"]
+        if "Package-Type" in stanza:
+            del stanza["Package-Type"]
+        stanza["Filename"] = pool_path
+        stanza["Size"] = str(len(content))
+        stanza["MD5sum"] = hashlib.md5(content).hexdigest()
+        stanza["SHA256"] = hashlib.sha256(content).hexdigest()
+        stanza["Description"] = f"debcache test package {spec.name}"
+        return _Published(spec, pool_path, deb822.Packages(stanza))
+
+    def _index_files(
+        self,
+        published: list[_Published],
+        components: Sequence[str],
+        architectures: Sequence[str],
+        compressions: Sequence[str],
+    ) -> list[_IndexFile]:
+        files: list[_IndexFile] = []
+        binary_architectures = [a for a in architectures if a != "all"]
+        for component in components:
+            for kind, directory, archs in (
+                ("deb", f"{component}", architectures),
+                # d-i only reads per-architecture indices, so no binary-all
+                # there: arch-all udebs are repeated in each binary-<arch>.
+                ("udeb", f"{component}/debian-installer", binary_architectures),
+            ):
+                for arch in archs:
+                    stanzas = [
+                        p.stanza
+                        for p in published
+                        if p.spec.kind == kind
+                        and p.spec.component == component
+                        and _listed_in(p.spec.architecture, arch, archs)
+                    ]
+                    content = "\n".join(s.dump() for s in stanzas).encode()
+                    files += _compressed(
+                        f"{directory}/binary-{arch}/Packages", content, compressions
+                    )
+        return files
+
+    def _clear_suite(self, dists: Path) -> float:
+        """Delete dists/<suite> except by-hash files; return the newest mtime removed."""
+        newest = 0.0
+        if not dists.exists():
+            return newest
+        for path in sorted(dists.rglob("*"), reverse=True):
+            if "by-hash" in path.relative_to(dists).parts:
+                continue
+            if path.is_file():
+                newest = max(newest, path.stat().st_mtime)
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        return newest
+
+    def _release(
+        self,
+        suite: str,
+        codename: str,
+        components: Sequence[str],
+        architectures: Sequence[str],
+        index_files: Iterable[_IndexFile],
+        *,
+        date: datetime,
+        valid_until: datetime | None,
+        by_hash: bool,
+    ) -> bytes:
+        lines = [
+            "Origin: Debian",
+            "Label: Debian",
+            f"Suite: {suite}",
+            f"Codename: {codename}",
+            f"Date: {format_date(date)}",
+        ]
+        if valid_until is not None:
+            lines.append(f"Valid-Until: {format_date(valid_until)}")
+        if by_hash:
+            lines.append("Acquire-By-Hash: yes")
+        lines += [
+            f"Architectures: {' '.join(architectures)}",
+            f"Components: {' '.join(components)}",
+            f"Description: debcache test archive {suite}",
+        ]
+        ordered = sorted(index_files, key=lambda f: f.path)
+        for algorithm in ("MD5Sum", "SHA256"):
+            lines.append(f"{algorithm}:")
+            for index in ordered:
+                digest = _digest(algorithm, index.content)
+                lines.append(f" {digest} {len(index.content):>16} {index.path}")
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _listed_in(package_arch: str, index_arch: str, architectures: Sequence[str]) -> bool:
+    # Debian lists arch-all packages only in binary-all once Release names
+    # "all"; older archives (no "all") repeat them in every binary-<arch>.
+    if package_arch == "all" and "all" not in architectures:
+        return index_arch != "all"
+    return package_arch == index_arch
+
+
+def _compressed(path: str, content: bytes, compressions: Sequence[str]) -> list[_IndexFile]:
+    # The uncompressed file is always listed in Release (its hash is what apt
+    # checks after decompressing) even when only compressed forms are on disk.
+    files = [_IndexFile(path, content, on_disk="" in compressions)]
+    for suffix in compressions:
+        if suffix == ".gz":
+            files.append(_IndexFile(path + suffix, gzip.compress(content, mtime=0), True))
+        elif suffix == ".xz":
+            files.append(
+                _IndexFile(path + suffix, lzma.compress(content, format=lzma.FORMAT_XZ), True)
+            )
+        elif suffix != "":
+            raise ValueError(f"unsupported compression {suffix!r}")
+    return files
+
+
+def _digest(algorithm: str, content: bytes) -> str:
+    return (hashlib.md5 if algorithm == "MD5Sum" else hashlib.sha256)(content).hexdigest()
+
+
+def _write(target: Path, content: bytes, mtime: float | None = None) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Replace atomically so a FakeMirror serving concurrently never sends a
+    # half-written file.
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_bytes(content)
+    if mtime is not None:
+        os.utime(temporary, (mtime, mtime))
+    temporary.replace(target)
+
+
+def default_packages() -> list[PackageSpec]:
+    """A small realistic package set: a library, arch-all data, odd versions, a big one, a udeb."""
+    return [
+        PackageSpec("hello", "2.10-3", depends="libgreet1 (>= 1.0), greet-data"),
+        PackageSpec("libgreet1", "1.0-1", section="libs"),
+        PackageSpec("greet-data", "2.10-3", architecture="all"),
+        # "~" and "+" make apt percent-quote the URL (%7e, %2b).
+        PackageSpec("tool++", "1.0~rc1+dfsg-1", section="utils", payload_size=5000),
+        PackageSpec("bigpkg", "1:3.0-1", payload_size=3 * 1024 * 1024),
+        PackageSpec("netcfg-test", "1.0", kind="udeb", section="debian-installer"),
+    ]
+
+
+def updates_packages() -> list[PackageSpec]:
+    """The bookworm-updates set: a newer libgreet1 and a newer greet-data."""
+    return [
+        PackageSpec("libgreet1", "1.0-1+deb12u1", section="libs"),
+        PackageSpec("greet-data", "2.10-4", architecture="all"),
+    ]
+
+
+def build_test_archive(root: Path) -> Archive:
+    """A new key plus suites bookworm (default_packages) and bookworm-updates (updates_packages)."""
+    root = Path(root)
+    key = make_signing_key(root.parent / f"{root.name}-key")
+    archive = Archive(root, key)
+    archive.publish_suite("bookworm", default_packages(), codename="bookworm")
+    archive.publish_suite("bookworm-updates", updates_packages(), codename="bookworm-updates")
+    return archive

@@ -1,0 +1,52 @@
+"""Shared fixtures: the signed test archive, the fake mirror serving it, debcache itself."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from apt import AptRoot
+from archive_fixture import Archive, build_test_archive
+from debcache_server import DebcacheServer, make_config
+from fake_mirror import FakeMirror
+
+REQUIRED_TOOLS = ("apt-get", "dpkg-deb", "gpg", "gpgv")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A missing system tool is a failure of the whole run, never a skip.
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise pytest.UsageError(
+            f"missing system tools: {', '.join(missing)}; install them with "
+            "`apt-get install apt dpkg gpg gpgv` (bash .ci/run does)"
+        )
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
+    """The signed archive (suites bookworm, bookworm-updates); tests must not modify it."""
+    return build_test_archive(tmp_path_factory.mktemp("www"))
+
+
+@pytest.fixture
+def mirror(archive: Archive):
+    """The archive served on 127.0.0.1, with request counting and faults."""
+    with FakeMirror(archive.root) as server:
+        yield server
+
+
+@pytest.fixture
+def debcache(tmp_path: Path, mirror: FakeMirror):
+    """debcache with one upstream, `debian`, pointing at the fake mirror."""
+    config = make_config(tmp_path / "data", {"debian": [f"{mirror.url}/debian"]}, timeout=5)
+    with DebcacheServer(config) as server:
+        yield server
+
+
+@pytest.fixture
+def apt(tmp_path: Path) -> AptRoot:
+    """An isolated apt state directory."""
+    return AptRoot(tmp_path / "apt")

@@ -1,0 +1,489 @@
+"""The test archive, FakeMirror and AptRoot themselves, checked without debcache.
+
+Every later test trusts these helpers, so they are tested against the real
+tools: gpgv verifies the signatures, apt-get installs from the archive, and
+plain http.client talks to the misbehaving mirror.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import http.client
+import lzma
+import subprocess
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import archive_fixture
+import pytest
+from apt import AptRoot
+from archive_fixture import Archive, PackageSpec, build_test_archive, default_packages
+from debian import deb822
+from fake_mirror import FakeMirror, Fault
+
+HELLO = "/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"
+TOOL = "/debian/pool/main/t/tool++/tool++_1.0~rc1+dfsg-1_amd64.deb"
+
+
+# `archive` (session, read-only) and `mirror` (a FakeMirror per test) come
+# from conftest.py.
+
+
+@pytest.fixture
+def fresh_archive(tmp_path: Path) -> Archive:
+    """An archive of its own, for tests that republish or delete files."""
+    return build_test_archive(tmp_path / "www")
+
+
+def gpgv(
+    keyring: Path, *files: Path, output: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    command = ["gpgv", "--keyring", str(keyring)]
+    if output is not None:
+        command += ["--output", str(output)]
+    return subprocess.run([*command, *map(str, files)], capture_output=True, text=True, check=False)
+
+
+def fetch(
+    mirror: FakeMirror,
+    path: str,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+) -> tuple[http.client.HTTPResponse, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=timeout)
+    connection.request(method, path, headers=headers or {})
+    response = connection.getresponse()
+    return response, response.read()
+
+
+def release_of(archive: Archive, suite: str) -> deb822.Release:
+    return deb822.Release(archive.read(f"dists/{suite}/Release"))
+
+
+# -- the archive -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("suite", ["bookworm", "bookworm-updates"])
+def test_signatures_verify_with_gpgv(archive: Archive, suite: str, tmp_path: Path) -> None:
+    dists = archive.path(f"dists/{suite}")
+    verified = tmp_path / "verified"
+    result = gpgv(archive.key.keyring, dists / "InRelease", output=verified)
+    assert result.returncode == 0, result.stderr
+    assert verified.read_bytes() == (dists / "Release").read_bytes()
+    detached = gpgv(archive.key.keyring, dists / "Release.gpg", dists / "Release")
+    assert detached.returncode == 0, detached.stderr
+
+    tampered = tmp_path / "InRelease"
+    tampered.write_bytes((dists / "InRelease").read_bytes().replace(b"Suite: ", b"Suite: x"))
+    assert gpgv(archive.key.keyring, tampered).returncode == 1
+
+
+@pytest.mark.parametrize("suite", ["bookworm", "bookworm-updates"])
+def test_release_lists_every_index_with_matching_hashes(archive: Archive, suite: str) -> None:
+    release = release_of(archive, suite)
+    assert release["Suite"] == release["Codename"] == suite
+    assert release["Architectures"].split() == ["amd64", "all"]
+    assert release["Acquire-By-Hash"] == "yes"
+    assert datetime.now(UTC) - release_date(release) < timedelta(hours=1)
+    listed = {entry["name"] for entry in release["SHA256"]}
+    prefix = f"dists/{suite}/"
+    on_disk = {
+        path.removeprefix(prefix)
+        for path in archive.files()
+        if path.startswith(prefix + "main/") and "/by-hash/" not in path
+    }
+    assert listed == on_disk
+    assert "main/debian-installer/binary-amd64/Packages.xz" in listed
+    for algorithm, key, hasher in (
+        ("SHA256", "sha256", hashlib.sha256),
+        ("MD5Sum", "md5sum", hashlib.md5),
+    ):
+        assert {entry["name"] for entry in release[algorithm]} == listed
+        for entry in release[algorithm]:
+            content = archive.read(f"dists/{suite}/{entry['name']}")
+            assert int(entry["size"]) == len(content)
+            assert entry[key] == hasher(content).hexdigest()
+            by_hash = (
+                archive.path(f"dists/{suite}/{entry['name']}").parent
+                / "by-hash"
+                / algorithm
+                / entry[key]
+            )
+            assert by_hash.read_bytes() == content
+
+
+def release_date(release: deb822.Release) -> datetime:
+    return email.utils.parsedate_to_datetime(release["Date"])
+
+
+def test_packages_indices_describe_the_pool(archive: Archive) -> None:
+    def packages(index: str) -> dict[str, deb822.Packages]:
+        with lzma.open(archive.path(f"dists/bookworm/main/{index}/Packages.xz")) as f:
+            return {p["Package"]: p for p in deb822.Packages.iter_paragraphs(f, use_apt_pkg=False)}
+
+    amd64, arch_all, installer = (
+        packages("binary-amd64"),
+        packages("binary-all"),
+        packages("debian-installer/binary-amd64"),
+    )
+    assert sorted(amd64) == ["bigpkg", "hello", "libgreet1", "tool++"]
+    assert sorted(arch_all) == ["greet-data"]
+    assert sorted(installer) == ["netcfg-test"]
+    assert amd64["hello"]["Depends"] == "libgreet1 (>= 1.0), greet-data"
+    assert amd64["bigpkg"]["Version"] == "1:3.0-1"
+    # The epoch is not part of the file name; "lib" packages get a 4-letter prefix.
+    assert amd64["bigpkg"]["Filename"] == "pool/main/b/bigpkg/bigpkg_3.0-1_amd64.deb"
+    assert amd64["libgreet1"]["Filename"] == "pool/main/libg/libgreet1/libgreet1_1.0-1_amd64.deb"
+    assert installer["netcfg-test"]["Filename"].endswith("_amd64.udeb")
+    assert int(amd64["bigpkg"]["Size"]) > 3_000_000
+    for stanza in [*amd64.values(), *arch_all.values(), *installer.values()]:
+        content = archive.read(stanza["Filename"])
+        assert int(stanza["Size"]) == len(content)
+        assert stanza["SHA256"] == hashlib.sha256(content).hexdigest()
+        assert stanza["MD5sum"] == hashlib.md5(content).hexdigest()
+        fields = subprocess.run(
+            [
+                "dpkg-deb",
+                "--field",
+                str(archive.path(stanza["Filename"])),
+                "Package",
+                "Version",
+                "Architecture",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        expected = [f"{name}: {stanza[name]}" for name in ("Package", "Version", "Architecture")]
+        assert fields.splitlines() == expected
+    assert (
+        archive.pool_path("libgreet1")
+        == "pool/main/libg/libgreet1/libgreet1_1.0-1+deb12u1_amd64.deb"
+    )
+    assert archive.pool_path("libgreet1", "1.0-1") == amd64["libgreet1"]["Filename"]
+
+
+def test_publish_options(tmp_path: Path, fresh_archive: Archive) -> None:
+    date = datetime(2023, 6, 10, 8, 53, 51, tzinfo=UTC)
+    fresh_archive.publish_suite(
+        "stable",
+        [PackageSpec("hello", "2.10-3", depends="libgreet1 (>= 1.0), greet-data")],
+        codename="bookworm",
+        date=date,
+        valid_until=date + timedelta(days=7),
+        by_hash=False,
+        compressions=(".xz",),
+        signed_forms=("Release.gpg",),
+    )
+    release_text = fresh_archive.read("dists/stable/Release").decode()
+    assert "Date: Sat, 10 Jun 2023 08:53:51 UTC\n" in release_text
+    assert "Valid-Until: Sat, 17 Jun 2023 08:53:51 UTC\n" in release_text
+    assert "Acquire-By-Hash" not in release_text
+    assert (
+        "Codename: bookworm\nSuite" not in release_text
+        and "Suite: stable\nCodename: bookworm\n" in release_text
+    )
+    suite_files = [p for p in fresh_archive.files() if p.startswith("dists/stable/")]
+    assert "dists/stable/InRelease" not in suite_files
+    assert not [p for p in suite_files if "by-hash" in p]
+    # Like Debian: the uncompressed index is listed in Release but not on disk.
+    assert "main/binary-amd64/Packages" in {
+        e["name"] for e in release_of(fresh_archive, "stable")["SHA256"]
+    }
+    assert "dists/stable/main/binary-amd64/Packages" not in suite_files
+    assert "dists/stable/main/binary-amd64/Packages.xz" in suite_files
+    signature = fresh_archive.path("dists/stable/Release.gpg")
+    assert (
+        gpgv(
+            fresh_archive.key.keyring, signature, fresh_archive.path("dists/stable/Release")
+        ).returncode
+        == 0
+    )
+
+
+def test_point_release_keeps_by_hash_and_bumps_mtime(
+    fresh_archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = fresh_archive
+    old_files = set(archive.files())
+    old_release = archive.path("dists/bookworm/Release").stat().st_mtime
+    old_hello = archive.pool_path("hello")
+    old_sha256 = archive.sha256(old_hello)
+
+    packages = [p for p in default_packages() if p.name != "hello"]
+    packages.append(
+        PackageSpec("hello", "2.10-3+deb12u1", depends="libgreet1 (>= 1.0), greet-data")
+    )
+    archive.publish_suite("bookworm", packages)
+    archive.remove_pool_file(old_hello)
+
+    new_files = set(archive.files())
+    assert old_hello not in new_files
+    assert archive.pool_path("hello") == "pool/main/h/hello/hello_2.10-3+deb12u1_amd64.deb"
+    # Old by-hash files stay servable for clients mid-update; plain ones are replaced.
+    assert {p for p in old_files if "/by-hash/" in p} < {p for p in new_files if "/by-hash/" in p}
+    assert archive.path("dists/bookworm/Release").stat().st_mtime >= old_release + 1
+    assert (
+        "hello_2.10-3+deb12u1" in archive.read("dists/bookworm/main/binary-amd64/Packages").decode()
+    )
+
+    # A removed package published again is rebuilt byte-identical (not just
+    # taken from the in-process cache of built packages).
+    monkeypatch.setattr(archive_fixture, "_built", {})
+    archive.publish_suite("bookworm", default_packages())
+    assert archive.sha256(old_hello) == old_sha256
+
+
+# -- apt against the plain mirror ------------------------------------------
+
+
+def test_apt_installs_from_the_plain_mirror(
+    archive: Archive, mirror: FakeMirror, tmp_path: Path
+) -> None:
+    apt = AptRoot(tmp_path / "apt")
+    keyring = archive.key.keyring
+    apt.write_sources(
+        [
+            f"deb [signed-by={keyring}] {mirror.url}/debian bookworm main",
+            f"deb [signed-by={keyring}] {mirror.url}/debian bookworm-updates main",
+        ]
+    )
+    update = apt.update()
+    assert update.returncode == 0, update.stdout + update.stderr
+    assert "W:" not in update.stderr and "E:" not in update.stderr
+    # Acquire-By-Hash: apt asks for the by-hash name of Packages.xz only.
+    packages_xz = "dists/bookworm/main/binary-amd64/Packages.xz"
+    by_hash = (
+        f"/debian/dists/bookworm/main/binary-amd64/by-hash/SHA256/{archive.sha256(packages_xz)}"
+    )
+    assert mirror.count(by_hash, "GET") == 1
+    assert mirror.count(f"/debian/{packages_xz}") == 0
+
+    download = apt.download("hello", "bigpkg", "tool++")
+    assert download.returncode == 0, download.stdout + download.stderr
+    expected = {
+        "hello_2.10-3_amd64.deb": archive.pool_path("hello"),
+        "libgreet1_1.0-1+deb12u1_amd64.deb": archive.pool_path("libgreet1"),
+        "greet-data_2.10-4_all.deb": archive.pool_path("greet-data"),
+        # apt quotes the epoch colon in its local file name.
+        "bigpkg_1%3a3.0-1_amd64.deb": archive.pool_path("bigpkg"),
+        "tool++_1.0~rc1+dfsg-1_amd64.deb": archive.pool_path("tool++"),
+    }
+    downloaded = apt.downloaded()
+    assert sorted(downloaded) == sorted(expected)
+    for name, pool_path in expected.items():
+        assert downloaded[name] == archive.read(pool_path), name
+    # apt percent-quotes "+" and "~"; the mirror matched the decoded path.
+    raw = [r.path for r in mirror.requests if r.decoded_path == TOOL]
+    assert raw == ["/debian/pool/main/t/tool%2b%2b/tool%2b%2b_1.0%7erc1%2bdfsg-1_amd64.deb"]
+
+    # The second update is conditional and gets 304s.
+    mirror.reset()
+    again = apt.update()
+    assert again.returncode == 0, again.stderr
+    assert "Hit:1" in again.stdout
+    inrelease = [r for r in mirror.requests if r.decoded_path == "/debian/dists/bookworm/InRelease"]
+    assert len(inrelease) == 1 and "If-Modified-Since" in inrelease[0].headers
+    assert [
+        r for r in mirror.requests if "Packages" in r.decoded_path or "by-hash" in r.decoded_path
+    ] == []
+
+
+def test_apt_rejects_a_corrupt_package(
+    archive: Archive, mirror: FakeMirror, tmp_path: Path
+) -> None:
+    apt = AptRoot(tmp_path / "apt")
+    apt.write_sources([f"deb [signed-by={archive.key.keyring}] {mirror.url}/debian bookworm main"])
+    assert apt.update().returncode == 0
+    mirror.set_fault(HELLO, Fault.corrupt())
+    result = apt.download("hello")
+    assert result.returncode == 100
+    assert "Hash Sum mismatch" in result.stderr
+    assert "hello_2.10-3_amd64.deb" not in apt.downloaded()
+
+
+def test_apt_ignores_host_proxy_settings(
+    archive: Archive, mirror: FakeMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dead proxy in the environment would make every fetch fail.
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9/")
+    apt = AptRoot(tmp_path / "apt")
+    apt.write_sources([f"deb [signed-by={archive.key.keyring}] {mirror.url}/debian bookworm main"])
+    assert apt.update().returncode == 0
+
+
+def test_apt_through_a_proxy_sends_absolute_uris(
+    archive: Archive, mirror: FakeMirror, tmp_path: Path
+) -> None:
+    # FakeMirror answers absolute-URI requests too, so it can stand in for a proxy.
+    apt = AptRoot(tmp_path / "apt")
+    apt.write_sources(
+        [f"deb [signed-by={archive.key.keyring}] http://mirror.example.org/debian bookworm main"]
+    )
+    result = apt.update(proxy=mirror.url + "/")
+    assert result.returncode == 0, result.stderr
+    request = mirror.requests[0]
+    assert request.path == "http://mirror.example.org/debian/dists/bookworm/InRelease"
+    assert request.headers["Host"] == "mirror.example.org"
+
+
+# -- FakeMirror ------------------------------------------------------------
+
+
+def test_mirror_serves_files_plainly(archive: Archive, mirror: FakeMirror) -> None:
+    response, body = fetch(
+        mirror,
+        "/debian/dists/bookworm/main/binary-amd64/Packages",
+        headers={"Accept-Encoding": "gzip"},
+    )
+    assert response.status == 200
+    assert body == archive.read("dists/bookworm/main/binary-amd64/Packages")
+    assert response.getheader("Content-Length") == str(len(body))
+    assert response.getheader("Content-Type") == "application/octet-stream"
+    assert response.getheader("Content-Encoding") is None
+    last_modified = response.getheader("Last-Modified")
+    assert last_modified is not None
+
+    head, head_body = fetch(mirror, HELLO, method="HEAD")
+    assert (head.status, head_body) == (200, b"")
+    assert head.getheader("Content-Length") == str(
+        len(archive.read(HELLO.removeprefix("/debian/")))
+    )
+
+    quoted, quoted_body = fetch(
+        mirror, "/debian/pool/main/t/tool%2b%2b/tool%2b%2b_1.0%7erc1%2bdfsg-1_amd64.deb"
+    )
+    assert quoted.status == 200 and quoted_body == archive.read(TOOL.removeprefix("/debian/"))
+
+    not_modified, _ = fetch(
+        mirror, "/debian/dists/bookworm/InRelease", headers={"If-Modified-Since": last_modified}
+    )
+    assert not_modified.status == 304
+    old = "Sat, 10 Jun 2023 08:53:51 GMT"
+    modified, _ = fetch(
+        mirror, "/debian/dists/bookworm/InRelease", headers={"If-Modified-Since": old}
+    )
+    assert modified.status == 200
+
+    assert fetch(mirror, "/debian/pool/main/n/nothing.deb")[0].status == 404
+    assert fetch(mirror, "/debian/dists")[0].status == 404
+    assert fetch(mirror, "/debian/%2e%2e/%2e%2e/etc/passwd")[0].status in (403, 404)
+    assert fetch(mirror, HELLO, headers={"Range": "bytes=100-"})[0].status == 200
+
+    assert mirror.count(HELLO) == 2
+    assert mirror.count(HELLO, "HEAD") == 1
+    assert mirror.count(TOOL) == 1
+    assert mirror.requests[0].headers["accept-encoding"] == "gzip"
+
+
+def test_status_fault_permanent_and_one_shot(mirror: FakeMirror) -> None:
+    mirror.set_fault(HELLO, Fault.status(500))
+    assert [fetch(mirror, HELLO)[0].status for _ in range(2)] == [500, 500]
+    mirror.set_fault(HELLO, Fault.status(503, times=1))
+    assert [fetch(mirror, HELLO)[0].status for _ in range(2)] == [503, 200]
+    mirror.set_fault(HELLO, Fault.status(404))
+    mirror.clear_fault(HELLO)
+    assert fetch(mirror, HELLO)[0].status == 200
+    mirror.set_fault(HELLO, Fault.status(500))
+    mirror.reset()
+    assert fetch(mirror, HELLO)[0].status == 200
+    assert mirror.count(HELLO) == 1
+
+
+def test_truncate_fault_sends_a_short_body(archive: Archive, mirror: FakeMirror) -> None:
+    mirror.set_fault(HELLO, Fault.truncate(100))
+    connection = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=10)
+    connection.request("GET", HELLO)
+    response = connection.getresponse()
+    assert response.getheader("Content-Length") == str(
+        len(archive.read(HELLO.removeprefix("/debian/")))
+    )
+    with pytest.raises(http.client.IncompleteRead) as error:
+        response.read()
+    assert len(error.value.partial) == 100
+
+
+def test_corrupt_fault_flips_bytes(archive: Archive, mirror: FakeMirror) -> None:
+    mirror.set_fault(HELLO, Fault.corrupt(times=1))
+    response, body = fetch(mirror, HELLO)
+    good = archive.read(HELLO.removeprefix("/debian/"))
+    assert response.status == 200
+    assert len(body) == len(good) and body != good
+    assert fetch(mirror, HELLO)[1] == good
+
+
+def test_hang_fault_times_out_on_the_client(mirror: FakeMirror) -> None:
+    mirror.set_fault(HELLO, Fault.hang(30))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        fetch(mirror, HELLO, timeout=0.3)
+    assert time.monotonic() - started < 5
+
+
+def test_stop_ends_a_hang_at_once(archive: Archive) -> None:
+    mirror = FakeMirror(archive.root).start()
+    mirror.set_fault(HELLO, Fault.hang(60))
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            fetch(mirror, HELLO, timeout=30)
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    mirror.wait_for_requests(HELLO)
+    started = time.monotonic()
+    mirror.stop()
+    thread.join(timeout=10)
+    assert time.monotonic() - started < 5
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], http.client.RemoteDisconnected)
+
+
+def test_slow_fault_overlaps_concurrent_clients(archive: Archive, mirror: FakeMirror) -> None:
+    mirror.set_fault(HELLO, Fault.slow(chunk=512, delay=0.02))
+    results: dict[int, tuple[bytes, float]] = {}
+
+    def client(number: int) -> None:
+        body = fetch(mirror, HELLO)[1]
+        results[number] = (body, time.monotonic())
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    good = archive.read(HELLO.removeprefix("/debian/"))
+    assert [body for body, _ in results.values()] == [good, good]
+    arrivals = [r.time for r in mirror.requests if r.decoded_path == HELLO]
+    assert len(arrivals) == 2
+    # Both requests were being served at the same time.
+    assert max(arrivals) < min(finished for _, finished in results.values())
+
+
+def test_redirect_fault(archive: Archive, mirror: FakeMirror) -> None:
+    target = "/debian/dists/bookworm/Release"
+    mirror.set_fault(HELLO, Fault.redirect(target))
+    response, _ = fetch(mirror, HELLO)
+    assert response.status == 302
+    assert response.getheader("Location") == target
+    with urllib.request.urlopen(mirror.url + HELLO, timeout=10) as followed:
+        assert followed.read() == archive.read("dists/bookworm/Release")
+    assert mirror.count(target) == 1
+
+
+def test_chunked_fault(archive: Archive, mirror: FakeMirror) -> None:
+    mirror.set_fault(TOOL, Fault.chunked())
+    response, body = fetch(mirror, TOOL)
+    assert response.status == 200
+    assert response.getheader("Transfer-Encoding") == "chunked"
+    assert response.getheader("Content-Length") is None
+    assert body == archive.read(TOOL.removeprefix("/debian/"))
