@@ -2,8 +2,9 @@
 
 Pool and by-hash files never change, so a cached copy is served as it is.
 Everything else (InRelease, Packages, installer images) is revalidated with a
-conditional GET on every request, coalesced with any revalidation under way,
-and the cached copy is served stale only when no upstream URL answers.
+conditional GET on every request, coalesced with any revalidation under way or
+finished within the upstream's `coalesce_window` (1 s), and the cached copy is
+served stale only when no upstream URL answers.
 
 Nothing here speaks HTTP to clients: `LiveCache.fetch` returns an outcome that
 the server turns into a response.
@@ -89,6 +90,7 @@ class LiveCache:
         self.client = client
         self._files: dict[tuple[str, str], CachedFile] = {}
         self._indexing: dict[str, set[asyncio.Task]] = {}  # upstream -> Packages being indexed
+        self._validated_at: dict[tuple[str, str], float] = {}  # volatile files, loop time
 
     async def load(self) -> None:
         """Read the path → blob map into memory, so hits need no database round trip."""
@@ -106,9 +108,9 @@ class LiveCache:
     async def fetch(self, upstream: Upstream, path: str) -> Outcome:
         """Where the body of `path` comes from for this request."""
         cached = self.lookup(upstream.name, path)
-        if cached and classify_path(path).immutable:
-            return FromStore(*cached, "hit")
         key = (upstream.name, path)
+        if cached and (classify_path(path).immutable or self._just_validated(upstream, key)):
+            return FromStore(*cached, "hit")
         future = self.downloads.under_way(key)
         joined = future is not None
         if future is None:
@@ -123,10 +125,17 @@ class LiveCache:
         if isinstance(outcome, Download):
             return Streaming(outcome, "coalesced" if joined else "miss")
         if outcome is NOT_MODIFIED:
+            self._validated_at[key] = asyncio.get_running_loop().time()
             return FromStore(*(self.lookup(upstream.name, path) or cached), "hit")
         if outcome.status >= 500 and cached:
             return FromStore(*cached, "stale", warning=f"upstream answered {outcome.status}")
         return outcome
+
+    def _just_validated(self, upstream: Upstream, key: tuple[str, str]) -> bool:
+        validated_at = self._validated_at.get(key)
+        if validated_at is None:
+            return False
+        return asyncio.get_running_loop().time() - validated_at < upstream.coalesce_window
 
     async def _request(
         self, upstream: Upstream, path: str, cached: tuple[CachedFile, Path] | None
@@ -170,6 +179,7 @@ class LiveCache:
             upstream, path, body.sha256, body.size, body.last_modified, body.etag, time.time()
         )
         self._files[(upstream, path)] = file
+        self._validated_at[(upstream, path)] = asyncio.get_running_loop().time()
         self.database.write_soon(queries.upsert_cached, asdict(file))
         if is_packages_index(path):
             task = self.downloads.spawn(self._index_packages(upstream, path, blob))

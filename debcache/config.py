@@ -24,6 +24,7 @@ DEFAULT_LISTEN = (("0.0.0.0", DEFAULT_PORT),)
 DEFAULT_CONFIG_PATH = Path("/etc/debcache/debcache.toml")
 DEBIAN_ARCHIVE_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_COALESCE_WINDOW = 1.0
 CONNECT_TIMEOUT = 10.0
 RESERVED_UPSTREAM_NAMES = frozenset({"record", "pin", "manifest", "_"})
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -38,6 +39,9 @@ class Upstream:
     keyring: Path | None = DEBIAN_ARCHIVE_KEYRING
     proxy_hosts: tuple[str, ...] = ()
     timeout: float = DEFAULT_TIMEOUT
+    # A volatile file validated this many seconds ago counts as validated for a new
+    # request, so a herd arriving over a second makes one upstream request. 0: every one.
+    coalesce_window: float = DEFAULT_COALESCE_WINDOW
 
 
 @dataclass(frozen=True)
@@ -195,8 +199,12 @@ def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
     timeout = section.get("timeout", (int, float), DEFAULT_TIMEOUT)
     if timeout <= 0:
         raise section.error("timeout", "must be positive", "give the seconds, e.g. 30")
+    window = section.get("coalesce_window", (int, float), DEFAULT_COALESCE_WINDOW)
+    if not 0 <= window <= 60:
+        raise section.error("coalesce_window", "must be 0 to 60 seconds", "e.g. 1; 0 is strict")
     section.reject_unknown()
-    return Upstream(name, urls, Path(keyring), tuple(h.lower() for h in hosts), float(timeout))
+    hosts = tuple(h.lower() for h in hosts)
+    return Upstream(name, urls, Path(keyring), hosts, float(timeout), float(window))
 
 
 def _parse_branch(source: Path, name: str, table: object) -> Branch:

@@ -241,8 +241,8 @@ class Archive:
         self.base = base
         self.key = key
         self.path("").mkdir(parents=True, exist_ok=True)
-        # name -> version -> pool path, for every package ever published.
-        self._published: dict[str, dict[str, str]] = {}
+        # suite -> name -> version -> pool path, for every package ever published.
+        self._published: dict[str, dict[str, dict[str, str]]] = {}
 
     def path(self, archive_path: str) -> Path:
         """The local file behind an archive-relative path."""
@@ -261,11 +261,16 @@ class Archive:
         top = self.path("")
         return sorted(p.relative_to(top).as_posix() for p in top.rglob("*") if p.is_file())
 
-    def pool_path(self, name: str, version: str | None = None) -> str:
-        """Archive-relative ``Filename`` of a published package, newest if version is None."""
-        versions = self._published.get(name)
+    def pool_path(self, name: str, version: str | None = None, *, suite: str | None = None) -> str:
+        """Archive-relative ``Filename`` of a published package (newest, in any or one suite)."""
+        versions = {
+            published_version: path
+            for suite_name, packages in self._published.items()
+            if suite is None or suite_name == suite
+            for published_version, path in packages.get(name, {}).items()
+        }
         if not versions:
-            raise KeyError(f"package {name!r} was never published")
+            raise KeyError(f"package {name!r} was never published in {suite or 'any suite'}")
         if version is None:
             version = max(versions, key=Version)
         if version not in versions:
@@ -294,7 +299,7 @@ class Archive:
         unknown = set(signed_forms) - {"InRelease", "Release.gpg"}
         if unknown:
             raise ValueError(f"unknown signed forms {sorted(unknown)}")
-        published = [self._publish_package(spec, components) for spec in packages]
+        published = [self._publish_package(suite, spec, components) for spec in packages]
         index_files = self._index_files(published, components, architectures, compressions)
         dists = self.path(f"dists/{suite}")
         old_mtime = self._clear_suite(dists)
@@ -343,7 +348,9 @@ class Archive:
             )
             _write(dists / "Release.gpg", signature, mtime)
 
-    def _publish_package(self, spec: PackageSpec, components: Sequence[str]) -> _Published:
+    def _publish_package(
+        self, suite: str, spec: PackageSpec, components: Sequence[str]
+    ) -> _Published:
         if spec.component not in components:
             raise ValueError(
                 f"{spec.name} is in component {spec.component!r}, not in {list(components)}"
@@ -357,7 +364,7 @@ class Archive:
             # The archive (dak) never reuses a file name for other bytes; a
             # test doing so by accident would get indices that lie.
             raise ValueError(f"{pool_path} exists with other content; change the version")
-        self._published.setdefault(spec.name, {})[spec.version] = pool_path
+        self._published.setdefault(suite, {}).setdefault(spec.name, {})[spec.version] = pool_path
         stanza = _control(spec)
         del stanza["Description"]
         if "Package-Type" in stanza:
@@ -504,10 +511,12 @@ def default_packages() -> list[PackageSpec]:
 
 
 def updates_packages() -> list[PackageSpec]:
-    """The bookworm-updates set: a newer libgreet1 and a newer greet-data."""
+    """The bookworm-updates set: two packages bookworm does not have."""
+    # New names rather than newer versions of bookworm's packages, so that
+    # pool_path(name) is the file apt gets whichever suites a test lists.
     return [
-        PackageSpec("libgreet1", "1.0-1+deb12u1", section="libs"),
-        PackageSpec("greet-data", "2.10-4", architecture="all"),
+        PackageSpec("greet-tzdata", "2026a-0+deb12u1", architecture="all"),
+        PackageSpec("greet-tools", "1.1-1~deb12u1", depends="hello (>= 2.10)", section="utils"),
     ]
 
 

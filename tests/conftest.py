@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from apt import AptRoot
 from archive_fixture import Archive, build_test_archive
 from debcache_server import DebcacheServer, make_config
@@ -40,8 +39,14 @@ def mirror(archive: Archive):
 
 @pytest.fixture
 def debcache(tmp_path: Path, mirror: FakeMirror):
-    """debcache with one upstream, `debian`, pointing at the fake mirror."""
-    config = make_config(tmp_path / "data", {"debian": [f"{mirror.url}/debian"]}, timeout=5)
+    """debcache with one upstream, `debian`, pointing at the fake mirror.
+
+    coalesce_window=0: every request for a volatile file is revalidated upstream, so
+    tests see each revalidation whatever the timing.
+    """
+    config = make_config(
+        tmp_path / "data", {"debian": [f"{mirror.url}/debian"]}, timeout=5, coalesce_window=0
+    )
     with DebcacheServer(config) as server:
         yield server
 

@@ -11,11 +11,15 @@ per decoded path::
         ...
         assert mirror.count(deb) == 2
 
-Normal serving is deliberately plain: GET/HEAD by decoded path, ``Last-Modified``
-from the file's mtime, ``If-Modified-Since`` answered with 304, always
-``application/octet-stream`` and never a ``Content-Encoding`` (unlike
-``web.FileResponse``, which would hand out ``Packages.gz`` for ``Packages``).
-``Range`` is ignored: debcache never sends it upstream.
+Requests in absolute-URI form (``GET http://mirror.example.org/debian/...``,
+as sent to a proxy) are served by their path too, so a FakeMirror can also
+stand in for a proxy.
+
+Normal serving is deliberately plain: GET/HEAD by decoded path,
+``Last-Modified`` from the file's mtime, ``If-Modified-Since`` answered with
+304, always ``application/octet-stream`` and never a ``Content-Encoding``
+(unlike ``web.FileResponse``, which would hand out ``Packages.gz`` for
+``Packages``). ``Range`` is ignored: debcache never sends it upstream.
 """
 
 from __future__ import annotations
@@ -95,7 +99,9 @@ class RecordedRequest:
     """One request as the mirror received it; time is time.monotonic() on arrival."""
 
     method: str
-    path: str  # raw, as sent: "/debian/pool/main/t/tool++/tool%2b%2b_1.0%7erc1..."
+    # Raw, as sent: "/debian/pool/main/t/tool%2b%2b/..." (the absolute URI
+    # "http://mirror.example.org/debian/..." when the client used us as a proxy).
+    path: str
     decoded_path: str
     headers: CIMultiDict[str]
     time: float
@@ -228,7 +234,7 @@ class FakeMirror:
             self._faults.clear()
 
     def set_fault(self, path: str, fault: Fault) -> None:
-        """Misbehave for requests whose decoded path equals path."""
+        """Misbehave for requests to this decoded path (a HEAD uses up a one-shot fault too)."""
         with self._lock:
             self._faults[path] = (fault, fault.times)
 

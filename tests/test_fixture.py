@@ -162,10 +162,12 @@ def test_packages_indices_describe_the_pool(archive: Archive) -> None:
         ).stdout
         expected = [f"{name}: {stanza[name]}" for name in ("Package", "Version", "Architecture")]
         assert fields.splitlines() == expected
-    assert (
-        archive.pool_path("libgreet1")
-        == "pool/main/libg/libgreet1/libgreet1_1.0-1+deb12u1_amd64.deb"
+    assert archive.pool_path("greet-tools") == (
+        "pool/main/g/greet-tools/greet-tools_1.1-1~deb12u1_amd64.deb"
     )
+    assert archive.pool_path("hello", suite="bookworm") == amd64["hello"]["Filename"]
+    with pytest.raises(KeyError):
+        archive.pool_path("hello", suite="bookworm-updates")
     assert archive.pool_path("libgreet1", "1.0-1") == amd64["libgreet1"]["Filename"]
 
 
@@ -257,6 +259,9 @@ def test_apt_installs_from_the_plain_mirror(
     update = apt.update()
     assert update.returncode == 0, update.stdout + update.stderr
     assert "W:" not in update.stderr and "E:" not in update.stderr
+    # Only our sources: nothing from the host's sources.list(.d).
+    fetched = [line for line in update.stdout.splitlines() if line.startswith(("Get:", "Hit:"))]
+    assert len(fetched) == 6 and all(mirror.url in line for line in fetched), update.stdout
     # Acquire-By-Hash: apt asks for the by-hash name of Packages.xz only.
     packages_xz = "dists/bookworm/main/binary-amd64/Packages.xz"
     by_hash = (
@@ -265,12 +270,13 @@ def test_apt_installs_from_the_plain_mirror(
     assert mirror.count(by_hash, "GET") == 1
     assert mirror.count(f"/debian/{packages_xz}") == 0
 
-    download = apt.download("hello", "bigpkg", "tool++")
+    download = apt.download("hello", "bigpkg", "tool++", "greet-tools")
     assert download.returncode == 0, download.stdout + download.stderr
     expected = {
         "hello_2.10-3_amd64.deb": archive.pool_path("hello"),
-        "libgreet1_1.0-1+deb12u1_amd64.deb": archive.pool_path("libgreet1"),
-        "greet-data_2.10-4_all.deb": archive.pool_path("greet-data"),
+        "libgreet1_1.0-1_amd64.deb": archive.pool_path("libgreet1"),
+        "greet-data_2.10-3_all.deb": archive.pool_path("greet-data"),
+        "greet-tools_1.1-1~deb12u1_amd64.deb": archive.pool_path("greet-tools"),
         # apt quotes the epoch colon in its local file name.
         "bigpkg_1%3a3.0-1_amd64.deb": archive.pool_path("bigpkg"),
         "tool++_1.0~rc1+dfsg-1_amd64.deb": archive.pool_path("tool++"),
@@ -306,6 +312,13 @@ def test_apt_rejects_a_corrupt_package(
     assert result.returncode == 100
     assert "Hash Sum mismatch" in result.stderr
     assert "hello_2.10-3_amd64.deb" not in apt.downloaded()
+
+
+def test_apt_root_sees_no_host_packages(tmp_path: Path) -> None:
+    # With the host's dpkg status apt would know dpkg is installed.
+    result = AptRoot(tmp_path / "apt").run("-s", "remove", "dpkg")
+    assert result.returncode == 100
+    assert "Unable to locate package dpkg" in result.stderr
 
 
 def test_apt_ignores_host_proxy_settings(
@@ -443,7 +456,8 @@ def test_stop_ends_a_hang_at_once(archive: Archive) -> None:
     started = time.monotonic()
     mirror.stop()
     thread.join(timeout=10)
-    assert time.monotonic() - started < 5
+    # Well under the 2 s shutdown grace: the handler woke up, was not cancelled.
+    assert time.monotonic() - started < 1.5
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], http.client.RemoteDisconnected)
 

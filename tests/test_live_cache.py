@@ -55,8 +55,9 @@ def upstream(files: Path):
         yield server
 
 
-def start_debcache(tmp_path: Path, *base_urls: str, timeout: float = 5) -> DebcacheServer:
-    config = make_config(tmp_path / "data", {"debian": list(base_urls)}, timeout=timeout)
+def start_debcache(tmp_path: Path, *base_urls: str, **options) -> DebcacheServer:
+    options.setdefault("timeout", 5)
+    config = make_config(tmp_path / "data", {"debian": list(base_urls)}, **options)
     return DebcacheServer(config).start()
 
 
@@ -131,8 +132,16 @@ def test_a_download_runs_to_the_end_when_its_client_hangs_up(
 
 
 def test_volatile_files_are_revalidated_and_never_served_stale_while_upstream_answers(
-    cache: DebcacheServer, upstream: FakeMirror, files: Path
+    tmp_path: Path, upstream: FakeMirror, files: Path
 ) -> None:
+    cache = start_debcache(tmp_path, f"{upstream.url}/debian", coalesce_window=0)
+    try:
+        check_revalidation(cache, upstream, files)
+    finally:
+        cache.stop()
+
+
+def check_revalidation(cache: DebcacheServer, upstream: FakeMirror, files: Path) -> None:
     first = get(cache.url, f"/debian/{IN_RELEASE}")
     assert first.status == 200 and first.header("X-Debcache") == "miss"
     second = get(cache.url, f"/debian/{IN_RELEASE}")
@@ -161,7 +170,7 @@ def test_pool_files_are_served_without_asking_upstream(
 def test_a_cached_index_is_served_stale_with_a_warning_when_upstream_fails(
     tmp_path: Path, upstream: FakeMirror, files: Path, failure: str
 ) -> None:
-    cache = start_debcache(tmp_path, f"{upstream.url}/debian")
+    cache = start_debcache(tmp_path, f"{upstream.url}/debian", coalesce_window=0)
     try:
         assert get(cache.url, f"/debian/{IN_RELEASE}").status == 200
         if failure == "500":
@@ -198,6 +207,15 @@ def test_an_unreachable_upstream_with_nothing_cached_is_a_502(tmp_path: Path) ->
         assert not cache.blobs()
     finally:
         cache.stop()
+
+
+def test_requests_within_the_coalesce_window_share_one_validation(
+    cache: DebcacheServer, upstream: FakeMirror, files: Path
+) -> None:
+    # The default window is one second; two requests in a row fall inside it.
+    assert get(cache.url, f"/debian/{IN_RELEASE}").header("X-Debcache") == "miss"
+    assert get(cache.url, f"/debian/{IN_RELEASE}").header("X-Debcache") == "hit"
+    assert upstream.count(f"/debian/{IN_RELEASE}") == 1
 
 
 # --- failover and redirects ---------------------------------------------------------
@@ -285,9 +303,7 @@ def test_head_range_and_conditional_requests_on_hits(
     assert upstream.count(f"/debian/{DEB}") == 1
 
 
-def test_a_range_request_on_a_miss_gets_the_whole_file(
-    cache: DebcacheServer, files: Path
-) -> None:
+def test_a_range_request_on_a_miss_gets_the_whole_file(cache: DebcacheServer, files: Path) -> None:
     reply = get(cache.url, f"/debian/{DEB}", headers={"Range": "bytes=100-"})
     assert reply.status == 200 and reply.body == content(files, DEB)
 

@@ -1,0 +1,85 @@
+"""Pure logic: which archive paths are immutable, and which requests can never escape."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from debcache.archive import (
+    PathKind,
+    by_hash_sha256,
+    classify_path,
+    content_type_for,
+    is_packages_index,
+    parse_archive_path,
+    upstream_url,
+)
+from debcache.errors import BadRequest
+
+SHA = "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("pool/main/h/hello/hello_2.10-3_amd64.deb", PathKind.POOL),
+        ("pool/main/n/netcfg/netcfg_1.0_amd64.udeb", PathKind.POOL),
+        (f"dists/bookworm/main/binary-amd64/by-hash/SHA256/{SHA}", PathKind.BY_HASH),
+        ("dists/bookworm/InRelease", PathKind.VOLATILE),
+        ("dists/bookworm/main/binary-amd64/Packages.xz", PathKind.VOLATILE),
+        ("dists/bookworm/main/installer-amd64/current/images/SHA256SUMS", PathKind.VOLATILE),
+        ("dists/bookworm/main/installer-amd64/current/images/netboot/initrd.gz", PathKind.VOLATILE),
+        ("project/trace/master", PathKind.VOLATILE),
+    ],
+)
+def test_paths_are_classified(path: str, kind: PathKind) -> None:
+    assert classify_path(path) is kind
+
+
+def test_by_hash_names_carry_their_digest() -> None:
+    assert by_hash_sha256(f"dists/b/main/binary-amd64/by-hash/SHA256/{SHA}") == SHA
+    assert by_hash_sha256(f"dists/b/main/binary-amd64/by-hash/MD5Sum/{'a' * 32}") is None
+    assert by_hash_sha256("dists/b/main/binary-amd64/by-hash/SHA256/short") is None
+
+
+def test_packages_indices_are_recognised() -> None:
+    assert is_packages_index("dists/b/main/binary-amd64/Packages.gz")
+    assert is_packages_index(f"dists/b/main/binary-amd64/by-hash/SHA256/{SHA}")
+    assert is_packages_index("dists/b/main/debian-installer/binary-amd64/Packages.xz")
+    assert not is_packages_index("dists/b/InRelease")
+    assert not is_packages_index(f"dists/b/main/i18n/by-hash/SHA256/{SHA}")
+
+
+def test_content_types_never_claim_an_encoding() -> None:
+    assert content_type_for("dists/b/main/binary-amd64/Packages.gz") == "application/gzip"
+    assert content_type_for("pool/main/h/hello/hello_1_amd64.deb").startswith("application/vnd")
+    assert content_type_for("dists/b/InRelease") == "application/octet-stream"
+
+
+def test_apt_quoting_is_decoded_once_and_re_encoded_upstream() -> None:
+    path = parse_archive_path("pool/main/t/tool%2b%2b/tool%2b%2b_1.0%7erc1%2bdfsg-1_amd64.deb")
+    assert path == "pool/main/t/tool++/tool++_1.0~rc1+dfsg-1_amd64.deb"
+    url = upstream_url("http://mirror.example.org/debian", path)
+    assert url == f"http://mirror.example.org/debian/{path}"
+
+
+@given(st.text(max_size=80))
+def test_no_request_path_escapes_the_archive(raw: str) -> None:
+    try:
+        path = parse_archive_path(raw)
+    except BadRequest:
+        return
+    segments = path.split("/")
+    assert all(segment not in ("", ".", "..") for segment in segments)
+    assert not any(c in path for c in "\\\0%?#") and not path.startswith("/")
+
+
+@given(st.lists(st.sampled_from(["..", ".", "%2e%2e", "%2E.", "%2f", "%5c", "%00", "a", "b"])))
+def test_dot_segments_in_any_encoding_are_refused(parts: list[str]) -> None:
+    raw = "/".join(parts)
+    try:
+        path = parse_archive_path(raw)
+    except BadRequest:
+        return
+    assert ".." not in path.split("/") and "." not in path.split("/")
