@@ -11,7 +11,7 @@ from archive_fixture import Archive, build_test_archive
 from debcache_server import DebcacheServer, make_config
 from fake_mirror import FakeMirror
 
-REQUIRED_TOOLS = ("apt-get", "dpkg-deb", "gpg", "gpgv")
+REQUIRED_TOOLS = ("apt-get", "dpkg-deb", "gpg", "gpgv", "wget")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -20,7 +20,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if missing:
         raise pytest.UsageError(
             f"missing system tools: {', '.join(missing)}; install them with "
-            "`apt-get install apt dpkg gpg gpgv` (bash .ci/run does)"
+            "`apt-get install apt dpkg gpg gpgv wget` (bash .ci/run does)"
         )
 
 

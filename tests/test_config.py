@@ -225,3 +225,9 @@ def test_a_busy_port_is_a_one_line_error(tmp_path: Path) -> None:
         )
     assert result.exit_code == 1
     assert "Cannot listen on" in result.output and "--listen" in result.output
+
+
+def test_the_example_config_in_the_repository_is_valid() -> None:
+    config = load_config(Path(__file__).parent.parent / "etc" / "debcache.toml")
+    assert set(config.upstreams) == {"debian", "debian-security"}
+    assert all("example.org" in url for u in config.upstreams.values() for url in u.urls)
