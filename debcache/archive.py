@@ -11,7 +11,10 @@ import enum
 import gzip
 import lzma
 import re
+import subprocess
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote, unquote
@@ -132,3 +135,122 @@ def packages_pool_entries(index_file: Path) -> Iterator[tuple[str, int, str]]:
             filename, size, sha256 = (stanza.get(k) for k in fields)
             if filename and size and sha256 and size.isdigit():
                 yield filename, int(size), sha256.lower()
+
+
+# --- suites, Release files and signatures -----------------------------------------
+
+RELEASE_NAMES = ("InRelease", "Release", "Release.gpg")
+CLEARSIGN_HEADER = b"-----BEGIN PGP SIGNED MESSAGE-----"
+
+
+def suite_of(path: str) -> tuple[str, str] | None:
+    """(`suite`, path below `dists/<suite>/`) for a dists path, else None."""
+    parts = path.split("/", 2)
+    if len(parts) == 3 and parts[0] == "dists":
+        return parts[1], parts[2]
+    return None
+
+
+@dataclass(frozen=True)
+class ReleaseEntry:
+    name: str  # relative to dists/<suite>/, e.g. main/binary-amd64/Packages.xz
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """What a verified Release file says: its date and the indices it authenticates."""
+
+    date: str | None
+    valid_until: str | None
+    suite: str | None
+    codename: str | None
+    entries: dict[str, ReleaseEntry]
+
+    def by_sha256(self, sha256: str, directory: str) -> ReleaseEntry | None:
+        """The entry of `directory` (e.g. main/binary-amd64) with this digest."""
+        for entry in self.entries.values():
+            if entry.sha256 == sha256 and entry.name.rpartition("/")[0] == directory:
+                return entry
+        return None
+
+
+def parse_release(verified: bytes) -> ReleaseInfo:
+    """Parse the *verified* text of a Release file (never the raw InRelease)."""
+    release = deb822.Release(verified)
+    entries = {
+        item["name"]: ReleaseEntry(item["name"], item["sha256"].lower(), int(item["size"]))
+        for item in release.get("SHA256", [])
+    }
+    return ReleaseInfo(
+        release.get("Date"),
+        release.get("Valid-Until"),
+        release.get("Suite"),
+        release.get("Codename"),
+        entries,
+    )
+
+
+class SignatureError(Exception):
+    """gpgv did not accept a signature; the message says why."""
+
+
+def verify_signature(keyring: Path, signed: Path, data: Path | None = None) -> bytes:
+    """The verified content of a clearsigned file, or of `data` with a detached signature.
+
+    gpgv happily verifies an InRelease with unsigned text around the signed block and
+    `deb822` would then parse that text, so only gpgv's `--output` is trusted, and a
+    clearsigned file must start with the signed block (apt refuses anything else).
+    """
+    if not keyring.is_absolute():
+        keyring = keyring.absolute()  # gpgv looks a bare name up in $GNUPGHOME
+    if not keyring.is_file():
+        raise SignatureError(f"keyring {keyring} does not exist")
+    if data is None and not signed.read_bytes().startswith(CLEARSIGN_HEADER):
+        raise SignatureError("text before the signed block (apt rejects this as NOSPLIT)")
+    with tempfile.TemporaryDirectory(prefix="debcache-gpgv-") as home:
+        output = Path(home) / "verified"
+        command = ["gpgv", "--homedir", home, "--keyring", str(keyring), "--status-fd", "1"]
+        if data is None:
+            command += ["--output", str(output), str(signed)]
+        else:
+            command += [str(signed), str(data)]
+        result = subprocess.run(command, capture_output=True, timeout=60, check=False)
+        status = result.stdout.decode(errors="replace")
+        if result.returncode != 0 or "[GNUPG:] VALIDSIG" not in status:
+            raise SignatureError(_gpgv_reason(status, result.stderr.decode(errors="replace")))
+        return output.read_bytes() if data is None else data.read_bytes()
+
+
+def _gpgv_reason(status: str, stderr: str) -> str:
+    for line in status.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[1] in ("BADSIG", "NO_PUBKEY", "EXPKEYSIG", "REVKEYSIG"):
+            return f"{words[1]} {words[2]}"
+        if len(words) >= 2 and words[1] == "NODATA":
+            return "not signed"
+    return (stderr.strip().splitlines() or ["gpgv failed"])[-1]
+
+
+def parse_checksums_file(text: str) -> dict[str, str]:
+    """`SHA256SUMS` of installer images: {path relative to its directory: sha256}."""
+    sums = {}
+    for line in text.splitlines():
+        digest, _, name = line.strip().partition("  ")
+        if re.fullmatch(r"[0-9a-f]{64}", digest) and name:
+            sums[name.removeprefix("./")] = digest
+    return sums
+
+
+def installer_images_dir(path: str) -> str | None:
+    """`dists/S/main/installer-amd64/current/images` for a file below such a directory."""
+    match = re.match(r"^(dists/[^/]+/[^/]+/installer-[^/]+/[^/]+/images)/.+$", path)
+    return match.group(1) if match else None
+
+
+def packages_stanzas(index_file: Path) -> Iterator[deb822.Packages]:
+    """Every stanza of a Packages index (any compression) with the fields freeze needs."""
+    fields = ["Package", "Version", "Architecture", "Filename", "Size", "SHA256"]
+    with open_decompressed(index_file) as f:
+        yield from deb822.Packages.iter_paragraphs(f, use_apt_pkg=False, fields=fields)

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
+import sqlite_utils
 
+from . import db
 from .config import Config, load_config
-from .errors import ConfigError, DebcacheError
+from .diff import diff, load_side
+from .errors import BadRequest, ConfigError, DebcacheError
+from .manifest import (
+    SHORT_ID,
+    check_recordings_exist,
+    export_lockfile,
+    freeze,
+    import_manifest,
+    load_manifest,
+    parse_lockfile,
+    resolve_manifest_id,
+)
+from .store import FileStore
 
 
 class UserError(click.ClickException):
@@ -126,6 +143,308 @@ def _print_start(config: Config) -> None:
         click.echo(f"debcache: upstream {upstream.name}: {' '.join(upstream.urls)}", err=True)
     for host, port in config.listen:
         click.echo(f"debcache: listening on http://{host}:{port}/", err=True)
+
+
+# --- shared pieces of the data commands ----------------------------------------------
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--json`: machine-readable output instead of the table for humans."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
+
+
+def print_json(document: object) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+def open_state(config: Config) -> tuple[sqlite_utils.Database, FileStore]:
+    """The database and the store of `config.data_dir`, for a command-line operation."""
+    if not (config.data_dir / "debcache.db").exists():
+        raise ConfigError(
+            f"no debcache data in {config.data_dir}",
+            "run `debcache serve` and record an install first, or pass --config",
+        )
+    db.create_schema(config.data_dir / "debcache.db")
+    return db.connect(config.data_dir / "debcache.db"), FileStore(config.data_dir)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on a terminal; nothing otherwise."""
+    if not sys.stderr.isatty() or total == 0:
+        yield None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+def when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def size(count: int | None) -> str:
+    value = float(count or 0)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def print_table(headers: list[str], rows: list[list[object]]) -> None:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- recordings -----------------------------------------------------------------------
+
+
+@cli.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def recordings(context: click.Context, as_json: bool) -> None:
+    """List recordings: the installs tagged with a name.
+
+    \b
+    Tag an install with http://NAME@cache:3142/ as its proxy, or
+    http://cache:3142/record/NAME/UPSTREAM as its mirror.
+    """
+    if context.invoked_subcommand is None:
+        context.invoke(list_recordings, as_json=as_json)
+
+
+@pass_config
+def list_recordings(config: Config, as_json: bool) -> None:
+    database, _ = open_state(config)
+    rows = db.recording_summaries(database)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo("No recordings yet. Tag an install with http://NAME@cache:3142/ as its proxy.")
+        return
+    print_table(
+        ["RECORDING", "FIRST", "LAST", "FILES", "CLIENTS", "UPSTREAMS"],
+        [
+            [
+                r["recording"],
+                when(r["first"]),
+                when(r["last"]),
+                r["files"],
+                r["clients"],
+                r["upstreams"],
+            ]
+            for r in rows
+        ],
+    )
+    click.echo("\nFreeze one with: debcache freeze RECORDING")
+
+
+@recordings.command("show")
+@click.argument("name")
+@json_option
+@pass_config
+def show_recording(config: Config, name: str, as_json: bool) -> None:
+    """List the files a recording received, with their sha256."""
+    database, _ = open_state(config)
+    check_recordings_exist(database, [name])
+    files = db.recorded_files(database, [name])
+    if as_json:
+        print_json(files)
+        return
+    print_table(
+        ["UPSTREAM", "PATH", "SHA256", "SIZE"],
+        [[f["upstream"], f["path"], f["sha256"][:SHORT_ID], size(f["size"])] for f in files],
+    )
+
+
+# --- freeze and manifests -------------------------------------------------------------
+
+
+@cli.command("freeze")
+@click.argument("recording_names", metavar="RECORDING...", nargs=-1, required=True)
+@click.option("--name", "label", help="A label for the manifest.")
+@click.option("--allow-unverified", is_flag=True, help="Include files that can't be verified.")
+@json_option
+@pass_config
+def freeze_command(
+    config: Config,
+    recording_names: tuple[str, ...],
+    label: str | None,
+    allow_unverified: bool,
+    as_json: bool,
+) -> None:
+    """Verify what recordings fetched and store it as an immutable manifest.
+
+    \b
+    Example:
+        debcache freeze xen-4.19-run-1234 --name "xen-4.19 2024-06"
+    """
+    database, store = open_state(config)
+    total = len(db.recorded_files(database, list(recording_names)))
+    with progress_bar(total, "Verifying") as progress:
+        manifest, created = freeze(
+            config,
+            database,
+            store,
+            list(recording_names),
+            label=label,
+            allow_unverified=allow_unverified,
+            progress=progress,
+        )
+    summary = {
+        "id": manifest.id,
+        "label": manifest.label,
+        "files": len(manifest.entries),
+        "bytes": manifest.bytes,
+        "created": created,
+        "recordings": manifest.recordings,
+        "unverified": manifest.unverified,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    state = "Froze" if created else "Already frozen as"
+    click.echo(
+        f"{state} manifest {manifest.short_id}: {len(manifest.entries)} files, "
+        f"{size(manifest.bytes)}."
+    )
+    for problem in manifest.unverified:
+        click.echo(f"  unverified: {problem}")
+    click.echo(f"Show it with: debcache manifests show {manifest.short_id}")
+
+
+@cli.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def manifests(context: click.Context, as_json: bool) -> None:
+    """List manifests; show, export and import them."""
+    if context.invoked_subcommand is None:
+        context.invoke(list_manifests, as_json=as_json)
+
+
+@pass_config
+def list_manifests(config: Config, as_json: bool) -> None:
+    database, _ = open_state(config)
+    rows = db.manifest_rows(database)
+    if as_json:
+        print_json(
+            [{k: v for k, v in r.items() if k not in ("releases", "unverified")} for r in rows]
+        )
+        return
+    if not rows:
+        click.echo("No manifests yet. Make one with: debcache freeze RECORDING")
+        return
+    print_table(
+        ["ID", "LABEL", "CREATED", "FILES", "SIZE", "RECORDINGS"],
+        [
+            [
+                r["id"][:SHORT_ID],
+                r["label"] or "-",
+                when(r["created"]),
+                r["files"],
+                size(r["bytes"]),
+                ",".join(json.loads(r["recordings"])),
+            ]
+            for r in rows
+        ],
+    )
+
+
+@manifests.command("show")
+@click.argument("manifest_ref", metavar="ID")
+@json_option
+@pass_config
+def show_manifest(config: Config, manifest_ref: str, as_json: bool) -> None:
+    """Show a manifest's files (ID may be a unique prefix)."""
+    database, _ = open_state(config)
+    manifest = load_manifest(database, resolve_manifest_id(database, manifest_ref))
+    if as_json:
+        document = export_lockfile(manifest)
+        document.pop("format")
+        print_json(document)
+        return
+    click.echo(f"manifest {manifest.id}")
+    click.echo(f"label    {manifest.label or '-'}")
+    click.echo(f"created  {when(manifest.created)}")
+    click.echo(f"from     {', '.join(manifest.recordings) or '-'}")
+    for key, release in sorted(manifest.releases.items()):
+        click.echo(f"release  {key}: {release.get('date')}")
+    click.echo()
+    print_table(
+        ["UPSTREAM", "PATH", "SHA256", "SIZE"],
+        [[e.upstream, e.path, e.sha256[:SHORT_ID], size(e.size)] for e in manifest.entries],
+    )
+
+
+@manifests.command("export")
+@click.argument("manifest_ref", metavar="ID")
+@pass_config
+def export_manifest(config: Config, manifest_ref: str) -> None:
+    """Print a manifest as a JSON lockfile: debcache manifests export ID > lock.json"""
+    database, _ = open_state(config)
+    print_json(
+        export_lockfile(load_manifest(database, resolve_manifest_id(database, manifest_ref)))
+    )
+
+
+@manifests.command("import")
+@click.argument("lockfile", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--from",
+    "source_url",
+    metavar="URL",
+    help="Another debcache (e.g. http://cache-a:3142) to fetch missing files from; "
+    "default: the upstreams.",
+)
+@pass_config
+def import_manifest_command(config: Config, lockfile: Path, source_url: str | None) -> None:
+    """Recreate a manifest from a lockfile, fetching and verifying missing files."""
+    try:
+        document = json.loads(lockfile.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(
+            f"{lockfile}: not JSON ({exc})", "pass a file from `manifests export`"
+        ) from None
+    manifest = parse_lockfile(document, str(lockfile))
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    db.create_schema(config.data_dir / "debcache.db")
+    database, store = open_state(config)
+    store.create_directories()
+    with progress_bar(len(manifest.entries), "Fetching") as progress:
+        created = import_manifest(config, database, store, manifest, source_url, progress)
+    state = "Imported" if created else "Already had"
+    click.echo(f"{state} manifest {manifest.short_id}: {len(manifest.entries)} files.")
+
+
+# --- diff -----------------------------------------------------------------------------
+
+
+@cli.command("diff")
+@click.argument("a")
+@click.argument("b")
+@json_option
+@click.option("--exit-code", is_flag=True, help="Exit with 1 when A and B differ.")
+@pass_config
+def diff_command(config: Config, a: str, b: str, as_json: bool, exit_code: bool) -> None:
+    """Packages added, removed and changed between two manifests, branches or recordings.
+
+    \b
+    Example:
+        debcache diff xen-4.19 run-after-point-release
+    """
+    database, store = open_state(config)
+    result = diff(load_side(config, database, store, a), load_side(config, database, store, b))
+    if as_json:
+        print_json(result.as_json())
+    else:
+        click.echo(result.as_text())
+    if exit_code and result.differs:
+        sys.exit(1)
 
 
 def main() -> None:

@@ -58,6 +58,29 @@ CREATE TABLE IF NOT EXISTS fetches (
     complete INTEGER NOT NULL    -- 1 when the client received the whole response
 );
 CREATE INDEX IF NOT EXISTS fetches_by_recording ON fetches (recording, upstream, path);
+CREATE TABLE IF NOT EXISTS manifests (
+    id TEXT PRIMARY KEY,         -- sha256 of the canonical JSON of the entries
+    label TEXT,
+    created REAL NOT NULL,
+    recordings TEXT NOT NULL,    -- JSON list of the recordings it was frozen from
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    releases TEXT NOT NULL,      -- JSON: "upstream suite" -> {date, sha256, path}
+    unverified TEXT NOT NULL     -- JSON list of entries let in by --allow-unverified
+);
+CREATE TABLE IF NOT EXISTS manifest_entries (
+    manifest_id TEXT NOT NULL REFERENCES manifests (id),
+    upstream TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    -- what the frozen Packages index says of a pool file (not part of the id):
+    package TEXT,
+    version TEXT,
+    architecture TEXT,
+    suite TEXT,
+    PRIMARY KEY (manifest_id, upstream, path)
+);
 """
 
 
@@ -186,6 +209,90 @@ def pool_hash(db: sqlite_utils.Database, upstream: str, path: str) -> tuple[str,
 
 def insert_fetch(db: sqlite_utils.Database, row: dict) -> None:
     db["fetches"].insert(row)
+
+
+def recorded_files(db: sqlite_utils.Database, recordings: list[str]) -> list[dict]:
+    """Distinct (upstream, path, sha256, size) that the recordings' clients received whole."""
+    marks = ",".join("?" * len(recordings))
+    return list(
+        db.query(
+            f"""SELECT DISTINCT upstream, path, sha256, size FROM fetches
+            WHERE recording IN ({marks}) AND complete = 1 AND method = 'GET'
+            AND status IN (200, 206, 304) AND sha256 IS NOT NULL
+            ORDER BY upstream, path""",
+            recordings,
+        )
+    )
+
+
+def recording_summaries(db: sqlite_utils.Database) -> list[dict]:
+    """One row per recording: first/last fetch, files, bytes, clients, upstreams."""
+    return list(
+        db.query(
+            """SELECT recording, MIN(time) AS first, MAX(time) AS last,
+            COUNT(DISTINCT upstream || '/' || path) AS files,
+            COUNT(DISTINCT client) AS clients,
+            GROUP_CONCAT(DISTINCT upstream) AS upstreams
+            FROM fetches WHERE recording IS NOT NULL AND complete = 1
+            GROUP BY recording ORDER BY MAX(time) DESC"""
+        )
+    )
+
+
+def cached_sha256(db: sqlite_utils.Database, upstream: str, path: str) -> str | None:
+    row = db.execute(
+        "SELECT sha256 FROM cached WHERE upstream = ? AND path = ?", [upstream, path]
+    ).fetchone()
+    return row[0] if row else None
+
+
+def insert_manifest(db: sqlite_utils.Database, manifest: dict, entries: list[dict]) -> bool:
+    """Store a manifest and its entries in one transaction; False if that id existed."""
+    with db.conn:
+        cursor = db.conn.execute(
+            """INSERT OR IGNORE INTO manifests
+            (id, label, created, recordings, files, bytes, releases, unverified)
+            VALUES (:id, :label, :created, :recordings, :files, :bytes, :releases, :unverified)""",
+            manifest,
+        )
+        if cursor.rowcount == 0:
+            return False
+        db.conn.executemany(
+            """INSERT INTO manifest_entries
+            (manifest_id, upstream, path, sha256, size, package, version, architecture, suite)
+            VALUES (:manifest_id, :upstream, :path, :sha256, :size, :package, :version,
+            :architecture, :suite)""",
+            [{**entry, "manifest_id": manifest["id"]} for entry in entries],
+        )
+    return True
+
+
+def manifest_rows(db: sqlite_utils.Database) -> list[dict]:
+    return list(db.query("SELECT * FROM manifests ORDER BY created DESC"))
+
+
+def manifest_ids_with_prefix(db: sqlite_utils.Database, prefix: str) -> list[str]:
+    return [
+        row[0]
+        for row in db.execute(
+            "SELECT id FROM manifests WHERE id LIKE ? ORDER BY id", [prefix.lower() + "%"]
+        ).fetchall()
+    ]
+
+
+def manifest_row(db: sqlite_utils.Database, manifest_id: str) -> dict | None:
+    rows = list(db.query("SELECT * FROM manifests WHERE id = ?", [manifest_id]))
+    return rows[0] if rows else None
+
+
+def manifest_entries(db: sqlite_utils.Database, manifest_id: str) -> list[dict]:
+    return list(
+        db.query(
+            """SELECT upstream, path, sha256, size, package, version, architecture, suite
+            FROM manifest_entries WHERE manifest_id = ? ORDER BY upstream, path""",
+            [manifest_id],
+        )
+    )
 
 
 def fetches(db: sqlite_utils.Database, recording: str | None = None) -> list[dict]:

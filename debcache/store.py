@@ -25,11 +25,19 @@ class FileStore:
         self.tmp = data_dir / "tmp"
 
     def open(self) -> FileStore:
-        """Create the directories and remove partial downloads left by a crash."""
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        """Create the directories and remove partial downloads left by a crash.
+
+        Only the server calls this at start: a command run beside a running server
+        uses `create_directories`, so it never deletes the server's downloads.
+        """
+        self.create_directories()
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
+        return self
+
+    def create_directories(self) -> FileStore:
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         return self
 
     def local_path(self, sha256: str) -> Path:

@@ -7,16 +7,22 @@ the session is built here with `auto_decompress=False` and per-upstream timeouts
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import aiofiles
 import aiohttp
 
 from . import __version__
 from .archive import upstream_url
 from .config import CONNECT_TIMEOUT, Upstream
 from .errors import UpstreamTimeout, UpstreamUnavailable
+from .store import FileStore
 
 log = logging.getLogger(__name__)
 FAILED_URL_PENALTY = 30.0  # seconds a failed base URL goes to the back of the queue
@@ -121,3 +127,51 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int = 65536) -> 
         return await response.content.read(limit)
     except (TimeoutError, aiohttp.ClientError):
         return b""
+
+
+async def download_blob(
+    session: aiohttp.ClientSession,
+    urls: list[str],
+    sha256: str,
+    size: int,
+    store: FileStore,
+    timeout: float = 30.0,
+) -> str | None:
+    """Fetch a blob from the first URL that has it whole and right; None, or why it failed."""
+    failures = []
+    client_timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=CONNECT_TIMEOUT, sock_read=timeout
+    )
+    for url in urls:
+        temp = store.create_temp()
+        try:
+            async with session.get(url, timeout=client_timeout) as response:
+                if response.status != 200:
+                    failures.append(f"{url}: HTTP {response.status}")
+                    continue
+                digest, received = await _save_body(response, temp)
+            if (digest, received) != (sha256, size):
+                failures.append(
+                    f"{url}: got sha256 {digest[:12]} ({received} bytes), not {sha256[:12]}"
+                )
+                continue
+            store.commit(temp, sha256)
+            return None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            failures.append(f"{url}: {describe_failure(exc)}")
+        finally:
+            temp.unlink(missing_ok=True)
+    return "; ".join(failures) or "no URL to fetch it from"
+
+
+async def _save_body(response: aiohttp.ClientResponse, temp: Path) -> tuple[str, int]:
+    hasher = hashlib.sha256()
+    received = 0
+    async with aiofiles.open(temp, "wb") as out:
+        async for chunk in response.content.iter_chunked(256 * 1024):
+            hasher.update(chunk)
+            received += len(chunk)
+            await out.write(chunk)
+        await out.flush()
+        await asyncio.to_thread(os.fsync, out.fileno())
+    return hasher.hexdigest(), received

@@ -14,7 +14,18 @@ Typical use (a session-scoped fixture builds it once, in well under a second)::
         )
         apt.update()
 
-A point release is simulated by publishing the suite again with new versions::
+A point release is simulated by ``point_release(archive)``: bookworm gets
+``hello`` and ``libgreet1`` as ``+deb12u1`` updates, a new debian-installer build
+with a new kernel ABI (``current`` switches to it; the old version directory
+stays, as on Debian mirrors), a new ``Date``, and the superseded pool files are
+deleted. It returns what changed in the Packages indices::
+
+    changes = point_release(archive)
+    changes["hello"]                             # ("2.10-3", "2.10-3+deb12u1")
+    changes["kernel-image-6.1.0-9-amd64-di"]     # ("6.1.38-1", ""): gone
+    changes["kernel-image-6.1.0-10-amd64-di"]    # ("", "6.1.38-2"): new
+
+The same by hand, with any package set::
 
     packages = [p for p in default_packages() if p.name != "hello"]
     packages.append(PackageSpec("hello", "2.10-3+deb12u1", depends="libgreet1 (>= 1.0)"))
@@ -23,7 +34,40 @@ A point release is simulated by publishing the suite again with new versions::
 
 Republishing rewrites ``dists/<suite>`` (old ``by-hash`` files stay, as on real
 mirrors) and bumps the mtime of every rewritten index file by at least one
-second, so ``If-Modified-Since`` sees the change even within the same second.
+second, so ``If-Modified-Since`` sees the change even within the same second;
+without an explicit ``date`` the new ``Date`` is likewise at least one second
+after the previous one (so up to a second in the future; apt allows 10 s).
+The options of the previous publish are not remembered by ``publish_suite``
+itself (pass them again), only by ``point_release``.
+
+debian-installer images: ``publish_suite(..., installer=InstallerSpec(...))``
+(bookworm of ``build_test_archive`` has ``InstallerSpec("20230607+deb12u1",
+"6.1.0-9")``) writes, like Debian::
+
+    dists/<suite>/main/installer-amd64/<version>/images/SHA256SUMS, MD5SUMS
+        (lines "<hex>  ./netboot/debian-installer/amd64/linux", sorted)
+    .../images/netboot/debian-installer/amd64/linux      200 KiB, from the kernel ABI
+    .../images/netboot/debian-installer/amd64/initrd.gz  real gzip, ~300 KiB, names the kernel
+    .../images/netboot/netboot.tar.gz                    real tar.gz of the two
+    dists/<suite>/main/installer-amd64/current/...       same files, a real directory
+
+``current`` is a copy, not a symlink: FakeMirror would follow a symlink, but
+``Archive.files()`` (``rglob``) and other static servers would not. Release
+lists each ``<version>/images/{MD5SUMS,SHA256SUMS}`` and ``current``'s (no
+by-hash for them, as dak does), and the suite's debian-installer Packages get
+the matching kernel udeb (``InstallerSpec.kernel_udeb()``:
+``kernel-image-6.1.0-9-amd64-di`` with ``Kernel-Version: 6.1.0-9-amd64``).
+Republishing with ``installer=None`` keeps the suite's installer directories
+and its kernel udeb. ``archive.installer_path("bookworm",
+"netboot/debian-installer/amd64/linux")`` gives the archive-relative path
+under ``current/images/``; ``archive.installer("bookworm")`` the spec.
+
+Tamper tests: ``publish_suite(..., signing_key=make_signing_key(tmp_path / "k"))``
+signs a suite with a key that ``archive.key.keyring`` does not hold (gpgv exits
+2, apt says ``NO_PUBKEY``). Any number of keys and archives can coexist in one
+process (each key has its own gpg home and agent); built packages and
+installer images are cached per process, so ``build_test_archive`` per test
+costs about half a second.
 """
 
 from __future__ import annotations
@@ -31,16 +75,20 @@ from __future__ import annotations
 import atexit
 import gzip
 import hashlib
+import io
 import lzma
 import os
+import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from debian import deb822
 from debian.debian_support import Version
@@ -74,6 +122,8 @@ class PackageSpec:
     essential: bool = False
     kind: str = "deb"
     component: str = "main"
+    # More control fields, also listed in Packages: (("Kernel-Version", "6.1.0-9-amd64"),).
+    extra_fields: tuple[tuple[str, str], ...] = ()
 
     @property
     def file_name(self) -> str:
@@ -176,6 +226,8 @@ def _control(spec: PackageSpec) -> deb822.Deb822:
         control["Essential"] = "yes"
     if spec.kind == "udeb":
         control["Package-Type"] = "udeb"
+    for name, value in spec.extra_fields:
+        control[name] = value
     control["Description"] = (
         f"debcache test package {spec.name}\n"
         f" Built by tests/archive_fixture.py; carries {spec.payload_size} bytes."
@@ -219,6 +271,114 @@ def build_package(spec: PackageSpec) -> bytes:
     return _built[spec]
 
 
+@dataclass(frozen=True)
+class InstallerSpec:
+    """A debian-installer build: its version directory and the kernel ABI it boots."""
+
+    version: str  # "20230607+deb12u1"
+    kernel: str  # the kernel ABI, "6.1.0-9"
+    kernel_udeb_version: str = "6.1.38-1"
+    architecture: str = "amd64"
+    component: str = "main"
+
+    @property
+    def kernel_release(self) -> str:
+        """``uname -r`` of the installer's kernel: ``6.1.0-9-amd64``."""
+        return f"{self.kernel}-{self.architecture}"
+
+    def kernel_udeb(self) -> PackageSpec:
+        """The udeb with the kernel and its core modules, which must match the images."""
+        return PackageSpec(
+            f"kernel-image-{self.kernel_release}-di",
+            self.kernel_udeb_version,
+            architecture=self.architecture,
+            priority="standard",
+            section="debian-installer",
+            kind="udeb",
+            component=self.component,
+            extra_fields=(("Kernel-Version", self.kernel_release),),
+        )
+
+    def images(self) -> dict[str, bytes]:
+        """Path relative to ``images/`` (no ``./``) to bytes, including MD5SUMS and SHA256SUMS."""
+        if self not in _installer_images:
+            _installer_images[self] = _build_images(self)
+        return dict(_installer_images[self])
+
+
+# Built installer images by spec, like _built for packages.
+_installer_images: dict[InstallerSpec, dict[str, bytes]] = {}
+
+
+def _build_images(spec: InstallerSpec) -> dict[str, bytes]:
+    netboot = f"netboot/debian-installer/{spec.architecture}"
+    # Pseudo-random bodies so gzip cannot shrink them; the headers let a test
+    # see which kernel an image is for.
+    kernel = f"Linux version {spec.kernel_release} (debcache test kernel)\n".encode()
+    kernel += hashlib.shake_256(f"linux {spec.kernel_release}".encode()).digest(200 * 1024)
+    initrd = (
+        f"debian-installer {spec.version} initrd\n"
+        f"kernel {spec.kernel_release}\n"
+        f"lib/modules/{spec.kernel_release}/kernel/\n"
+    ).encode()
+    initrd += hashlib.shake_256(f"initrd {spec.version} {spec.kernel_release}".encode()).digest(
+        300 * 1024
+    )
+    initrd_gz = gzip.compress(initrd, mtime=0)
+    tarball = _tar_gz(
+        {
+            f"./debian-installer/{spec.architecture}/linux": kernel,
+            f"./debian-installer/{spec.architecture}/initrd.gz": initrd_gz,
+        }
+    )
+    files = {
+        f"{netboot}/linux": kernel,
+        f"{netboot}/initrd.gz": initrd_gz,
+        "netboot/netboot.tar.gz": tarball,
+    }
+    # As in Debian: "<hex>  ./path", the sums files themselves not listed.
+    sums = {}
+    for sums_name, hasher in (("MD5SUMS", hashlib.md5), ("SHA256SUMS", hashlib.sha256)):
+        lines = [f"{hasher(files[name]).hexdigest()}  ./{name}\n" for name in sorted(files)]
+        sums[sums_name] = "".join(lines).encode()
+    return {**files, **sums}
+
+
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    """A reproducible tar.gz of these regular files (and their parent directories)."""
+    buffer = io.BytesIO()
+
+    def info(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarInfo:
+        entry = tarfile.TarInfo(name)
+        entry.type, entry.mode, entry.size = kind, mode, size
+        entry.mtime = int(SOURCE_DATE_EPOCH)
+        entry.uname = entry.gname = "root"
+        return entry
+
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        directories: set[str] = set()
+        for name, content in members.items():
+            parts = name.split("/")
+            for depth in range(2, len(parts)):
+                directory = "/".join(parts[:depth]) + "/"
+                if directory not in directories:
+                    directories.add(directory)
+                    tar.addfile(info(directory, tarfile.DIRTYPE, 0o755))
+            tar.addfile(info(name, tarfile.REGTYPE, 0o644, len(content)), io.BytesIO(content))
+    return gzip.compress(buffer.getvalue(), mtime=0)
+
+
+@dataclass
+class _Suite:
+    """What a suite was last published with."""
+
+    packages: list[PackageSpec]  # as the caller gave them
+    published: list[PackageSpec]  # what the indices list (plus the installer's kernel udeb)
+    installer: InstallerSpec | None
+    date: datetime
+    options: dict[str, Any]  # publish_suite's keyword arguments but date and installer
+
+
 @dataclass
 class _IndexFile:
     path: str  # relative to dists/<suite>
@@ -243,6 +403,7 @@ class Archive:
         self.path("").mkdir(parents=True, exist_ok=True)
         # suite -> name -> version -> pool path, for every package ever published.
         self._published: dict[str, dict[str, dict[str, str]]] = {}
+        self._suites: dict[str, _Suite] = {}
 
     def path(self, archive_path: str) -> Path:
         """The local file behind an archive-relative path."""
@@ -294,14 +455,36 @@ class Archive:
         by_hash: bool = True,
         compressions: Sequence[str] = ("", ".gz", ".xz"),
         signed_forms: Sequence[str] = ("InRelease", "Release.gpg"),
+        installer: InstallerSpec | None = None,
+        signing_key: SigningKey | None = None,
     ) -> None:
-        """Write pool files, indices, Release and signatures for suite (replacing dists/<suite>)."""
+        """Write pool files, indices, Release and signatures for suite (replacing dists/<suite>).
+
+        installer: write that debian-installer build and point ``current`` at it; None
+        keeps the suite's installer directories (and its kernel udeb), if any. Its
+        kernel udeb is added to packages unless they have a package of that name.
+        signing_key: sign with this key instead of self.key.
+        """
         unknown = set(signed_forms) - {"InRelease", "Release.gpg"}
         if unknown:
             raise ValueError(f"unknown signed forms {sorted(unknown)}")
-        published = [self._publish_package(suite, spec, components) for spec in packages]
-        index_files = self._index_files(published, components, architectures, compressions)
+        key = signing_key or self.key
+        previous = self._suites.get(suite)
         dists = self.path(f"dists/{suite}")
+        if installer is not None:
+            if installer.component not in components:
+                raise ValueError(
+                    f"installer component {installer.component!r} is not in {list(components)}"
+                )
+            self._check_installer(dists, installer)
+        current_installer = installer or (previous.installer if previous else None)
+        specs = list(packages)
+        if current_installer is not None:
+            udeb = current_installer.kernel_udeb()
+            if all(spec.name != udeb.name for spec in specs):
+                specs.append(udeb)
+        published = [self._publish_package(suite, spec, components) for spec in specs]
+        index_files = self._index_files(published, components, architectures, compressions)
         old_mtime = self._clear_suite(dists)
         # Index files must look newer than the ones they replace, or a client
         # sending If-Modified-Since within the same second would get a 304.
@@ -315,21 +498,30 @@ class Archive:
                 for algorithm in ("MD5Sum", "SHA256"):
                     digest = _digest(algorithm, index.content)
                     _write(target.parent / "by-hash" / algorithm / digest, index.content, mtime)
+        if installer is not None:
+            self._write_installer(dists, installer, mtime)
+        if date is None:
+            date = datetime.now(UTC)
+            if previous is not None:
+                # Release dates have whole seconds: make the new one differ.
+                last = previous.date.replace(microsecond=0)
+                if date.replace(microsecond=0) <= last:
+                    date = last + timedelta(seconds=1)
         release = self._release(
             suite,
             codename or suite,
             components,
             architectures,
-            index_files,
-            date=date or datetime.now(UTC),
+            [*index_files, *self._installer_sums(dists, components)],
+            date=date,
             valid_until=valid_until,
             by_hash=by_hash,
         )
         _write(dists / "Release", release, mtime)
         if "InRelease" in signed_forms:
-            signed = self.key.gpg(
+            signed = key.gpg(
                 "--local-user",
-                self.key.fingerprint,
+                key.fingerprint,
                 "--digest-algo",
                 "SHA512",
                 "--clearsign",
@@ -337,9 +529,9 @@ class Archive:
             )
             _write(dists / "InRelease", signed, mtime)
         if "Release.gpg" in signed_forms:
-            signature = self.key.gpg(
+            signature = key.gpg(
                 "--local-user",
-                self.key.fingerprint,
+                key.fingerprint,
                 "--digest-algo",
                 "SHA512",
                 "--armor",
@@ -347,6 +539,93 @@ class Archive:
                 stdin=release,
             )
             _write(dists / "Release.gpg", signature, mtime)
+        self._suites[suite] = _Suite(
+            packages=list(packages),
+            published=specs,
+            installer=current_installer,
+            date=date,
+            options={
+                "codename": codename,
+                "components": tuple(components),
+                "architectures": tuple(architectures),
+                "valid_until": valid_until,
+                "by_hash": by_hash,
+                "compressions": tuple(compressions),
+                "signed_forms": tuple(signed_forms),
+                "signing_key": signing_key,
+            },
+        )
+
+    def packages(self, suite: str) -> list[PackageSpec]:
+        """The packages suite's indices list now (with the installer's kernel udeb)."""
+        return list(self._suite(suite).published)
+
+    def installer(self, suite: str) -> InstallerSpec | None:
+        """The debian-installer build suite's ``current`` points at, if any."""
+        return self._suite(suite).installer
+
+    def installer_path(self, suite: str, name: str, *, version: str = "current") -> str:
+        """Archive-relative path of an image, e.g. ``netboot/debian-installer/amd64/linux``."""
+        installer = self.installer(suite)
+        if installer is None:
+            raise KeyError(f"suite {suite!r} has no debian-installer images")
+        return (
+            f"dists/{suite}/{installer.component}/installer-{installer.architecture}"
+            f"/{version}/images/{name}"
+        )
+
+    def _suite(self, suite: str) -> _Suite:
+        if suite not in self._suites:
+            raise KeyError(f"suite {suite!r} was never published")
+        return self._suites[suite]
+
+    @staticmethod
+    def _installer_dir(dists: Path, installer: InstallerSpec, version: str) -> Path:
+        return dists / installer.component / f"installer-{installer.architecture}" / version
+
+    def _check_installer(self, dists: Path, installer: InstallerSpec) -> None:
+        images = self._installer_dir(dists, installer, installer.version) / "images"
+        for name, content in installer.images().items():
+            target = images / name
+            if target.exists() and target.read_bytes() != content:
+                # As for pool files: one version, one set of bytes.
+                raise ValueError(f"{target} exists with other content; change the version")
+
+    def _write_installer(self, dists: Path, installer: InstallerSpec, mtime: float) -> None:
+        images = installer.images()
+        versioned = self._installer_dir(dists, installer, installer.version) / "images"
+        for name, content in images.items():
+            if not (versioned / name).exists():
+                _write(versioned / name, content, mtime)
+        # `current` is a real directory, updated file by file (each atomically,
+        # never missing), and only where the content changes, like rsync does.
+        current = self._installer_dir(dists, installer, "current") / "images"
+        for name, content in images.items():
+            target = current / name
+            if target.exists():
+                if target.read_bytes() == content:
+                    continue
+                _write(target, content, max(mtime, target.stat().st_mtime + 1))
+            else:
+                _write(target, content, mtime)
+        if current.exists():
+            for path in sorted(current.rglob("*"), reverse=True):
+                relative = path.relative_to(current).as_posix()
+                if path.is_file() and relative not in images:
+                    path.unlink()
+                elif path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+
+    @staticmethod
+    def _installer_sums(dists: Path, components: Sequence[str]) -> list[_IndexFile]:
+        """Every installer directory's MD5SUMS and SHA256SUMS, for Release (no by-hash)."""
+        files = []
+        for component in components:
+            for sums in ("MD5SUMS", "SHA256SUMS"):
+                for path in sorted(dists.glob(f"{component}/installer-*/*/images/{sums}")):
+                    relative = path.relative_to(dists).as_posix()
+                    files.append(_IndexFile(relative, path.read_bytes(), on_disk=True))
+        return files
 
     def _publish_package(
         self, suite: str, spec: PackageSpec, components: Sequence[str]
@@ -407,12 +686,13 @@ class Archive:
         return files
 
     def _clear_suite(self, dists: Path) -> float:
-        """Delete dists/<suite> except by-hash files; return the newest mtime removed."""
+        """Delete dists/<suite> but by-hash and installer files; return the newest mtime removed."""
         newest = 0.0
         if not dists.exists():
             return newest
         for path in sorted(dists.rglob("*"), reverse=True):
-            if "by-hash" in path.relative_to(dists).parts:
+            parts = path.relative_to(dists).parts
+            if "by-hash" in parts or (len(parts) > 1 and parts[1].startswith("installer-")):
                 continue
             if path.is_file():
                 newest = max(newest, path.stat().st_mtime)
@@ -520,11 +800,82 @@ def updates_packages() -> list[PackageSpec]:
     ]
 
 
+def default_installer() -> InstallerSpec:
+    """bookworm's debian-installer build (kernel udeb kernel-image-6.1.0-9-amd64-di 6.1.38-1)."""
+    return InstallerSpec(version="20230607+deb12u1", kernel="6.1.0-9")
+
+
 def build_test_archive(root: Path) -> Archive:
-    """A new key plus suites bookworm (default_packages) and bookworm-updates (updates_packages)."""
+    """A new key plus suites bookworm (default_packages, default_installer) and bookworm-updates.
+
+    Each call makes its own key (and gpg home) next to root, at ``<root>-key``; call it
+    per test with the test's own directory when the test changes the archive.
+    """
     root = Path(root)
     key = make_signing_key(root.parent / f"{root.name}-key")
     archive = Archive(root, key)
-    archive.publish_suite("bookworm", default_packages(), codename="bookworm")
+    archive.publish_suite(
+        "bookworm", default_packages(), codename="bookworm", installer=default_installer()
+    )
     archive.publish_suite("bookworm-updates", updates_packages(), codename="bookworm-updates")
     return archive
+
+
+# What a point release updates (as +deb12uN stable updates), by package name.
+POINT_RELEASE_UPDATES = ("hello", "libgreet1")
+
+
+def point_release(archive: Archive, suite: str = "bookworm") -> dict[str, tuple[str, str]]:
+    """Republish suite like a Debian point release; return {package: (old, new)} of what changed.
+
+    ``hello`` and ``libgreet1`` get the next ``+deb12uN`` version; the installer (if
+    any) the next version and kernel ABI (20230607+deb12u1, 6.1.0-9 ->
+    20230607+deb12u2, 6.1.0-10) and a new kernel udeb (so the old udeb's name maps
+    to ``(old, "")`` and the new one's to ``("", new)``); ``current`` points at the
+    new build, the old version directory stays. Everything else and the options of
+    the last publish_suite stay; Date is new. Pool files no suite lists any more
+    are deleted, as mirrors do once the old versions expire.
+    """
+    state = archive._suite(suite)
+    before = {spec.name: spec.version for spec in state.published}
+    old_installer = state.installer
+    new_installer = None
+    if old_installer is not None:
+        new_installer = replace(
+            old_installer,
+            version=_next_stable_update(old_installer.version),
+            kernel=_next_revision(old_installer.kernel),
+            kernel_udeb_version=_next_revision(old_installer.kernel_udeb_version),
+        )
+    packages = []
+    for spec in state.packages:
+        if old_installer is not None and spec.name == old_installer.kernel_udeb().name:
+            continue
+        if spec.name in POINT_RELEASE_UPDATES:
+            spec = replace(spec, version=_next_stable_update(spec.version))
+        packages.append(spec)
+    archive.publish_suite(suite, packages, installer=new_installer, **state.options)
+    after = {spec.name: spec.version for spec in archive.packages(suite)}
+    listed = {spec.pool_path() for other in archive._suites.values() for spec in other.published}
+    for spec in state.published:
+        if spec.pool_path() not in listed and archive.path(spec.pool_path()).exists():
+            archive.remove_pool_file(spec.pool_path())
+    return {
+        name: (before.get(name, ""), after.get(name, ""))
+        for name in sorted(before.keys() | after.keys())
+        if before.get(name) != after.get(name)
+    }
+
+
+def _next_stable_update(version: str) -> str:
+    """2.10-3 -> 2.10-3+deb12u1 -> 2.10-3+deb12u2."""
+    match = re.fullmatch(r"(.*\+deb\d+u)(\d+)", version)
+    return f"{match[1]}{int(match[2]) + 1}" if match else f"{version}+deb12u1"
+
+
+def _next_revision(version: str) -> str:
+    """6.1.0-9 -> 6.1.0-10; 6.1.38-1 -> 6.1.38-2."""
+    match = re.fullmatch(r"(.*-)(\d+)", version)
+    if match is None:
+        raise ValueError(f"{version!r} does not end in -<number>")
+    return f"{match[1]}{int(match[2]) + 1}"

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from debcache import db as queries
-from debcache.config import Config, Upstream
+from debcache.config import Config, Upstream, host_of
 from debcache.server.app import run_server
 
 HEALTH_DEADLINE = 10.0
@@ -101,10 +101,13 @@ class DebcacheServer:
         return list((self.data_dir / "tmp").iterdir())
 
 
-def make_config(data_dir: Path, upstreams: dict[str, list[str]], **upstream_options) -> Config:
+def make_config(
+    data_dir: Path,
+    upstreams: dict[str, list[str]],
+    keyring: Path | None = None,
+    **upstream_options,
+) -> Config:
     """A Config with one Upstream per name → base URLs (proxy_hosts default to their hosts)."""
-    from debcache.config import host_of
-
     return Config(
         listen=(("127.0.0.1", 0),),
         data_dir=data_dir,
@@ -112,10 +115,22 @@ def make_config(data_dir: Path, upstreams: dict[str, list[str]], **upstream_opti
             name: Upstream(
                 name,
                 tuple(urls),
-                keyring=None,
+                keyring=keyring,
                 proxy_hosts=tuple(host_of(u) for u in urls),
                 **upstream_options,
             )
             for name, urls in upstreams.items()
         },
     )
+
+
+def write_config_file(config: Config, path: Path) -> Path:
+    """The same configuration as a TOML file, for the `debcache` command line."""
+    lines = [f'[server]\ndata_dir = "{config.data_dir}"\n']
+    for upstream in config.upstreams.values():
+        urls = ", ".join(f'"{url}"' for url in upstream.urls)
+        lines.append(f"[upstreams.{upstream.name}]\nurls = [{urls}]\n")
+        if upstream.keyring:
+            lines.append(f'keyring = "{upstream.keyring}"\n')
+    path.write_text("".join(lines))
+    return path

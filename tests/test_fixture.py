@@ -8,10 +8,13 @@ plain http.client talks to the misbehaving mirror.
 from __future__ import annotations
 
 import email.utils
+import gzip
 import hashlib
 import http.client
+import io
 import lzma
 import subprocess
+import tarfile
 import threading
 import time
 import urllib.request
@@ -21,12 +24,24 @@ from pathlib import Path
 import archive_fixture
 import pytest
 from apt import AptRoot
-from archive_fixture import Archive, PackageSpec, build_test_archive, default_packages
+from archive_fixture import (
+    Archive,
+    InstallerSpec,
+    PackageSpec,
+    build_test_archive,
+    default_packages,
+    make_signing_key,
+    point_release,
+)
 from debian import deb822
 from fake_mirror import FakeMirror, Fault
 
 HELLO = "/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"
 TOOL = "/debian/pool/main/t/tool++/tool++_1.0~rc1+dfsg-1_amd64.deb"
+INSTALLER = "dists/bookworm/main/installer-amd64"
+LINUX = "netboot/debian-installer/amd64/linux"
+INITRD = "netboot/debian-installer/amd64/initrd.gz"
+NETBOOT = "netboot/netboot.tar.gz"
 
 
 # `archive` (session, read-only) and `mirror` (a FakeMirror per test) come
@@ -93,10 +108,13 @@ def test_release_lists_every_index_with_matching_hashes(archive: Archive, suite:
     assert datetime.now(UTC) - release_date(release) < timedelta(hours=1)
     listed = {entry["name"] for entry in release["SHA256"]}
     prefix = f"dists/{suite}/"
+    # Of the installer images only the checksum files are listed, as in Debian.
     on_disk = {
         path.removeprefix(prefix)
         for path in archive.files()
-        if path.startswith(prefix + "main/") and "/by-hash/" not in path
+        if path.startswith(prefix + "main/")
+        and "/by-hash/" not in path
+        and ("/installer-" not in path or path.endswith("SUMS"))
     }
     assert listed == on_disk
     assert "main/debian-installer/binary-amd64/Packages.xz" in listed
@@ -115,7 +133,11 @@ def test_release_lists_every_index_with_matching_hashes(archive: Archive, suite:
                 / algorithm
                 / entry[key]
             )
-            assert by_hash.read_bytes() == content
+            # dak makes no by-hash copies of the installer's checksum files.
+            if entry["name"].endswith("SUMS"):
+                assert not by_hash.exists()
+            else:
+                assert by_hash.read_bytes() == content
 
 
 def release_date(release: deb822.Release) -> datetime:
@@ -134,7 +156,7 @@ def test_packages_indices_describe_the_pool(archive: Archive) -> None:
     )
     assert sorted(amd64) == ["bigpkg", "hello", "libgreet1", "tool++"]
     assert sorted(arch_all) == ["greet-data"]
-    assert sorted(installer) == ["netcfg-test"]
+    assert sorted(installer) == ["kernel-image-6.1.0-9-amd64-di", "netcfg-test"]
     assert amd64["hello"]["Depends"] == "libgreet1 (>= 1.0), greet-data"
     assert amd64["bigpkg"]["Version"] == "1:3.0-1"
     # The epoch is not part of the file name; "lib" packages get a 4-letter prefix.
@@ -240,6 +262,245 @@ def test_point_release_keeps_by_hash_and_bumps_mtime(
     monkeypatch.setattr(archive_fixture, "_built", {})
     archive.publish_suite("bookworm", default_packages())
     assert archive.sha256(old_hello) == old_sha256
+
+
+def index_versions(archive: Archive, suite: str) -> dict[str, str]:
+    """{package: version} over the suite's deb, arch-all and udeb indices."""
+    versions = {}
+    for index in ("binary-amd64", "binary-all", "debian-installer/binary-amd64"):
+        with lzma.open(archive.path(f"dists/{suite}/main/{index}/Packages.xz")) as f:
+            for stanza in deb822.Packages.iter_paragraphs(f, use_apt_pkg=False):
+                versions[stanza["Package"]] = stanza["Version"]
+    return versions
+
+
+def read_sums(content: bytes) -> dict[str, str]:
+    """{"./path": hex} of an installer MD5SUMS/SHA256SUMS."""
+    sums = {}
+    for line in content.decode().splitlines():
+        digest, separator, name = line.partition("  ")
+        assert separator and name.startswith("./"), line
+        sums[name] = digest
+    return sums
+
+
+@pytest.mark.parametrize("version", ["20230607+deb12u1", "current"])
+def test_installer_images_match_their_checksums(archive: Archive, version: str) -> None:
+    images = f"{INSTALLER}/{version}/images"
+    assert archive.installer_path("bookworm", LINUX, version=version) == f"{images}/{LINUX}"
+    on_disk = {p.removeprefix(images + "/") for p in archive.files() if p.startswith(images)}
+    assert on_disk == {"MD5SUMS", "SHA256SUMS", LINUX, INITRD, NETBOOT}
+    for sums, hasher in (("SHA256SUMS", hashlib.sha256), ("MD5SUMS", hashlib.md5)):
+        listed = read_sums(archive.read(f"{images}/{sums}"))
+        assert list(listed) == [f"./{LINUX}", f"./{INITRD}", f"./{NETBOOT}"] or sorted(
+            listed
+        ) == sorted(f"./{name}" for name in (LINUX, INITRD, NETBOOT))
+        for name, digest in listed.items():
+            assert hasher(archive.read(f"{images}/{name[2:]}")).hexdigest() == digest, name
+    linux = archive.read(f"{images}/{LINUX}")
+    initrd_gz = archive.read(f"{images}/{INITRD}")
+    initrd = gzip.decompress(initrd_gz)
+    assert 190_000 < len(linux) < 220_000 and 290_000 < len(initrd_gz) < 330_000
+    assert linux.startswith(b"Linux version 6.1.0-9-amd64 ")
+    assert b"lib/modules/6.1.0-9-amd64/" in initrd[:200]
+    with tarfile.open(fileobj=io.BytesIO(archive.read(f"{images}/{NETBOOT}"))) as tar:
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        assert sorted(members) == [
+            "./debian-installer/amd64/initrd.gz",
+            "./debian-installer/amd64/linux",
+        ]
+        for name, content in (("linux", linux), ("initrd.gz", initrd_gz)):
+            extracted = tar.extractfile(members[f"./debian-installer/amd64/{name}"])
+            assert extracted is not None and extracted.read() == content
+
+
+def test_installer_current_is_a_real_copy_and_matches_the_kernel_udeb(
+    archive: Archive, mirror: FakeMirror
+) -> None:
+    assert archive.installer("bookworm") == InstallerSpec("20230607+deb12u1", "6.1.0-9")
+    current = archive.path(f"{INSTALLER}/current")
+    assert current.is_dir() and not current.is_symlink()
+    for name in ("SHA256SUMS", "MD5SUMS", LINUX, INITRD, NETBOOT):
+        assert archive.read(f"{INSTALLER}/current/images/{name}") == archive.read(
+            f"{INSTALLER}/20230607+deb12u1/images/{name}"
+        )
+        response, body = fetch(mirror, "/debian/" + archive.installer_path("bookworm", name))
+        assert response.status == 200 and body == archive.read(
+            archive.installer_path("bookworm", name)
+        )
+    with lzma.open(
+        archive.path("dists/bookworm/main/debian-installer/binary-amd64/Packages.xz")
+    ) as f:
+        udebs = {p["Package"]: p for p in deb822.Packages.iter_paragraphs(f, use_apt_pkg=False)}
+    kernel = udebs["kernel-image-6.1.0-9-amd64-di"]
+    assert kernel["Version"] == "6.1.38-1"
+    assert kernel["Kernel-Version"] == "6.1.0-9-amd64"
+    assert kernel["Filename"].endswith("_amd64.udeb")
+    initrd = gzip.decompress(archive.read(archive.installer_path("bookworm", INITRD)))
+    assert f"lib/modules/{kernel['Kernel-Version']}/".encode() in initrd
+    assert archive.installer("bookworm-updates") is None
+    with pytest.raises(KeyError):
+        archive.installer_path("bookworm-updates", LINUX)
+
+
+def test_installer_checksums_are_listed_in_release(archive: Archive) -> None:
+    release = release_of(archive, "bookworm")
+    expected = sorted(
+        f"main/installer-amd64/{version}/images/{sums}"
+        for version in ("20230607+deb12u1", "current")
+        for sums in ("MD5SUMS", "SHA256SUMS")
+    )
+    for algorithm, key, hasher in (
+        ("SHA256", "sha256", hashlib.sha256),
+        ("MD5Sum", "md5sum", hashlib.md5),
+    ):
+        entries = {e["name"]: e for e in release[algorithm] if "/installer-" in e["name"]}
+        assert sorted(entries) == expected
+        for name, entry in entries.items():
+            content = archive.read(f"dists/bookworm/{name}")
+            assert int(entry["size"]) == len(content)
+            assert entry[key] == hasher(content).hexdigest()
+    assert not [e for e in release_of(archive, "bookworm-updates")["SHA256"] if "SUMS" in e["name"]]
+
+
+def test_point_release(fresh_archive: Archive, tmp_path: Path) -> None:
+    archive = fresh_archive
+    before = index_versions(archive, "bookworm")
+    old_pool = {spec.name: spec.pool_path() for spec in archive.packages("bookworm")}
+    old_release = release_of(archive, "bookworm")
+    old_images = archive.installer_path("bookworm", "", version="20230607+deb12u1")
+    old_image_bytes = {
+        name: archive.read(old_images + name) for name in ("SHA256SUMS", LINUX, INITRD, NETBOOT)
+    }
+    updates_inrelease = archive.read("dists/bookworm-updates/InRelease")
+    apt = AptRoot(tmp_path / "apt")
+    apt.write_sources([f"deb [signed-by={archive.key.keyring}] MIRROR/debian bookworm main"])
+
+    with FakeMirror(archive.root) as mirror:
+        apt.write_sources(
+            [f"deb [signed-by={archive.key.keyring}] {mirror.url}/debian bookworm main"]
+        )
+        assert apt.update().returncode == 0
+
+        changes = point_release(archive)
+
+        assert changes == {
+            "hello": ("2.10-3", "2.10-3+deb12u1"),
+            "libgreet1": ("1.0-1", "1.0-1+deb12u1"),
+            "kernel-image-6.1.0-9-amd64-di": ("6.1.38-1", ""),
+            "kernel-image-6.1.0-10-amd64-di": ("", "6.1.38-2"),
+        }
+        after = index_versions(archive, "bookworm")
+        assert {
+            name: (before.get(name, ""), after.get(name, ""))
+            for name in before.keys() | after.keys()
+            if before.get(name) != after.get(name)
+        } == changes
+        release = release_of(archive, "bookworm")
+        assert release_date(release) > release_date(old_release)
+        assert gpgv(archive.key.keyring, archive.path("dists/bookworm/InRelease")).returncode == 0
+        assert archive.read("dists/bookworm-updates/InRelease") == updates_inrelease
+
+        # `current` now serves the new build, over HTTP too.
+        assert archive.installer("bookworm") == InstallerSpec(
+            "20230607+deb12u2", "6.1.0-10", kernel_udeb_version="6.1.38-2"
+        )
+        response, linux = fetch(mirror, "/debian/" + archive.installer_path("bookworm", LINUX))
+        assert response.status == 200 and linux.startswith(b"Linux version 6.1.0-10-amd64 ")
+        initrd_gz = fetch(mirror, "/debian/" + archive.installer_path("bookworm", INITRD))[1]
+        assert b"lib/modules/6.1.0-10-amd64/" in gzip.decompress(initrd_gz)
+        sums = read_sums(
+            fetch(mirror, "/debian/" + archive.installer_path("bookworm", "SHA256SUMS"))[1]
+        )
+        assert sums[f"./{LINUX}"] == hashlib.sha256(linux).hexdigest()
+        assert sums[f"./{INITRD}"] == hashlib.sha256(initrd_gz).hexdigest()
+        assert linux != old_image_bytes[LINUX]
+        # The old version directory stays as it was, and Release lists all three.
+        for name, content in old_image_bytes.items():
+            assert archive.read(old_images + name) == content
+        assert sorted(e["name"] for e in release["SHA256"] if e["name"].endswith("SHA256SUMS")) == [
+            f"main/installer-amd64/{version}/images/SHA256SUMS"
+            for version in ("20230607+deb12u1", "20230607+deb12u2", "current")
+        ]
+
+        # Superseded pool files are gone; the unchanged ones stay where they were.
+        for name in ("hello", "libgreet1", "kernel-image-6.1.0-9-amd64-di"):
+            assert not archive.path(old_pool[name]).exists()
+            assert fetch(mirror, "/debian/" + old_pool[name])[0].status == 404
+        new_pool = {spec.name: spec.pool_path() for spec in archive.packages("bookworm")}
+        for name in ("bigpkg", "tool++", "greet-data", "netcfg-test"):
+            assert new_pool[name] == old_pool[name]
+        assert all(archive.path(path).is_file() for path in new_pool.values())
+        assert archive.pool_path("hello") == "pool/main/h/hello/hello_2.10-3+deb12u1_amd64.deb"
+
+        # apt follows: the Release Date (up to a second ahead) is accepted.
+        update = apt.update()
+        assert update.returncode == 0 and "W:" not in update.stderr, update.stderr
+        download = apt.download("hello")
+        assert download.returncode == 0, download.stderr
+        assert sorted(apt.downloaded()) == [
+            "greet-data_2.10-3_all.deb",
+            "hello_2.10-3+deb12u1_amd64.deb",
+            "libgreet1_1.0-1+deb12u1_amd64.deb",
+        ]
+
+    # Another point release continues the numbering.
+    again = point_release(archive)
+    assert again["hello"] == ("2.10-3+deb12u1", "2.10-3+deb12u2")
+    assert again["kernel-image-6.1.0-11-amd64-di"] == ("", "6.1.38-3")
+    assert archive.installer("bookworm").version == "20230607+deb12u3"
+
+
+def test_suite_signed_by_another_key(fresh_archive: Archive, tmp_path: Path) -> None:
+    archive = fresh_archive
+    other = make_signing_key(tmp_path / "other-key", uid="someone else <other@example.org>")
+    assert other.fingerprint != archive.key.fingerprint
+    archive.publish_suite("bookworm", default_packages(), signing_key=other)
+    dists = archive.path("dists/bookworm")
+    assert gpgv(archive.key.keyring, dists / "InRelease").returncode != 0
+    assert gpgv(archive.key.keyring, dists / "Release.gpg", dists / "Release").returncode != 0
+    assert gpgv(other.keyring, dists / "InRelease").returncode == 0
+    assert gpgv(other.keyring, dists / "Release.gpg", dists / "Release").returncode == 0
+    # Other suites keep the archive key.
+    updates = archive.path("dists/bookworm-updates/InRelease")
+    assert gpgv(archive.key.keyring, updates).returncode == 0
+
+    apt = AptRoot(tmp_path / "apt")
+    with FakeMirror(archive.root) as mirror:
+        apt.write_sources(
+            [f"deb [signed-by={archive.key.keyring}] {mirror.url}/debian bookworm main"]
+        )
+        result = apt.update()
+    assert result.returncode == 100
+    assert "NO_PUBKEY" in result.stderr
+
+    archive.publish_suite("bookworm", default_packages())
+    assert gpgv(archive.key.keyring, dists / "InRelease").returncode == 0
+
+
+def test_archives_per_test_are_independent(archive: Archive, tmp_path: Path) -> None:
+    # The session archive has built every default package and installer image.
+    built = set(archive_fixture._built)
+    images = set(archive_fixture._installer_images)
+    first = build_test_archive(tmp_path / "first")
+    second = build_test_archive(tmp_path / "second")
+    assert set(archive_fixture._built) == built
+    assert set(archive_fixture._installer_images) == images
+
+    assert len({archive.root, first.root, second.root}) == 3
+    fingerprints = {a.key.fingerprint for a in (archive, first, second)}
+    assert len(fingerprints) == 3
+    assert first.key.keyring != second.key.keyring
+    for path in (first.pool_path("hello"), first.installer_path("bookworm", INITRD)):
+        assert first.read(path) == second.read(path) == archive.read(path)
+    inrelease = first.path("dists/bookworm/InRelease")
+    assert gpgv(first.key.keyring, inrelease).returncode == 0
+    assert gpgv(second.key.keyring, inrelease).returncode != 0
+
+    point_release(first)
+    assert second.pool_path("hello") == "pool/main/h/hello/hello_2.10-3_amd64.deb"
+    assert second.path(second.pool_path("hello")).is_file()
+    assert archive.path(archive.pool_path("hello")).is_file()
 
 
 # -- apt against the plain mirror ------------------------------------------

@@ -1,0 +1,773 @@
+"""Freeze recordings into verified, immutable manifests; show, export and import them.
+
+A manifest is a set of (upstream, path, sha256, size). Its id is the sha256 of
+the canonical JSON of those entries alone, so the same files always give the
+same id. `freeze` checks the chain apt itself checks: the Release signature
+against the upstream's keyring, every index against the Release, every pool
+file against the frozen Packages entry, installer images against SHA256SUMS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import hashlib
+import json
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import sqlite_utils
+
+from . import db as queries
+from .archive import (
+    RELEASE_NAMES,
+    ReleaseInfo,
+    SignatureError,
+    by_hash_sha256,
+    installer_images_dir,
+    packages_stanzas,
+    parse_archive_path,
+    parse_checksums_file,
+    parse_release,
+    suite_of,
+    upstream_url,
+    verify_signature,
+)
+from .config import NAME_PATTERN, Config, Upstream
+from .errors import BadRequest, DebcacheError, NotFound
+from .store import SHA256_PATTERN, FileStore
+from .upstream import create_session, download_blob
+
+LOCKFILE_FORMAT = "debcache-manifest/1"
+SHORT_ID = 12
+
+
+class FreezeError(DebcacheError):
+    status = 409
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of a manifest; package fields describe pool files and are not part of the id."""
+
+    upstream: str
+    path: str
+    sha256: str
+    size: int
+    package: str | None = None
+    version: str | None = None
+    architecture: str | None = None
+    suite: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.upstream, self.path
+
+
+@dataclass(frozen=True)
+class Problem:
+    upstream: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.upstream}/{self.path}: {self.reason}"
+
+
+@dataclass
+class Manifest:
+    id: str
+    label: str | None
+    created: float
+    recordings: list[str]
+    entries: list[Entry]
+    releases: dict[str, dict] = field(default_factory=dict)
+    unverified: list[str] = field(default_factory=list)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:SHORT_ID]
+
+    @property
+    def bytes(self) -> int:
+        return sum(e.size for e in self.entries)
+
+
+def canonical_json(entries: Iterable[Entry]) -> bytes:
+    """The bytes the manifest id hashes: sorted entries, four fields each, no whitespace."""
+    rows = [
+        {"path": path, "sha256": sha256, "size": size, "upstream": upstream}
+        for upstream, path, sha256, size in sorted(
+            (e.upstream, e.path, e.sha256, e.size) for e in entries
+        )
+    ]
+    return json.dumps(rows, sort_keys=True, separators=(",", ":")).encode()
+
+
+def manifest_id(entries: Iterable[Entry]) -> str:
+    return hashlib.sha256(canonical_json(entries)).hexdigest()
+
+
+# --- freeze -----------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    """The files a set of recordings received, by upstream."""
+
+    files: dict[str, dict[str, set[tuple[str, int]]]]  # upstream -> path -> {(sha256, size)}
+
+    @classmethod
+    def load(cls, db: sqlite_utils.Database, recordings: list[str]) -> Recorded:
+        files: dict[str, dict[str, set[tuple[str, int]]]] = defaultdict(lambda: defaultdict(set))
+        for row in queries.recorded_files(db, recordings):
+            files[row["upstream"]][row["path"]].add((row["sha256"], row["size"]))
+        return cls(files)
+
+
+class Freezer:
+    """Plans a manifest from recordings: what goes in, and what could not be verified."""
+
+    def __init__(self, config: Config, db: sqlite_utils.Database, store: FileStore) -> None:
+        self.config, self.db, self.store = config, db, store
+        self.entries: dict[tuple[str, str], Entry] = {}
+        self.problems: list[Problem] = []
+        self.releases: dict[str, dict] = {}
+
+    def plan(self, recorded: Recorded, progress: Callable[[int], None] | None = None) -> None:
+        for upstream_name, files in sorted(recorded.files.items()):
+            upstream = self.config.upstreams.get(upstream_name)
+            if upstream is None:
+                for path in files:
+                    self._problem(upstream_name, path, "upstream is no longer configured")
+                continue
+            self._plan_upstream(upstream, files)
+            if progress:
+                progress(len(files))
+
+    # Each upstream: suites first (their Release files), then the pool files they list.
+    def _plan_upstream(self, upstream: Upstream, files: dict[str, set[tuple[str, int]]]) -> None:
+        single = {}
+        for path, versions in files.items():
+            if len(versions) > 1 and not self._is_release_file(path):
+                shas = ", ".join(sorted(sha[:SHORT_ID] for sha, _ in versions))
+                self._problem(upstream.name, path, f"recorded with different contents ({shas})")
+            else:
+                single[path] = next(iter(versions))
+        by_suite: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
+        pool: dict[str, tuple[str, int]] = {}
+        for path, (sha256, size) in single.items():
+            located = suite_of(path)
+            if located:
+                by_suite[located[0]][path] = (sha256, size)
+            elif path.startswith("pool/"):
+                pool[path] = (sha256, size)
+            else:
+                self._problem(upstream.name, path, "neither under dists/ nor under pool/")
+        releases = {}
+        for suite in sorted(by_suite):
+            release = self._plan_suite(upstream, suite, by_suite[suite], files)
+            if release is not None:
+                releases[suite] = release
+        if pool:
+            self._plan_pool(upstream, pool, releases, single)
+
+    @staticmethod
+    def _is_release_file(path: str) -> bool:
+        located = suite_of(path)
+        return located is not None and located[1] in RELEASE_NAMES
+
+    def _plan_suite(
+        self,
+        upstream: Upstream,
+        suite: str,
+        recorded: dict[str, tuple[str, int]],
+        all_recorded: dict[str, set[tuple[str, int]]],
+    ) -> ReleaseInfo | None:
+        prefix = f"dists/{suite}/"
+        self._refuse_two_states(upstream, suite, all_recorded)
+        release = self._verified_release(upstream, suite, recorded)
+        if release is None:
+            for path in recorded:
+                if not self._is_release_file(path):
+                    self._problem(upstream.name, path, f"no verified Release for suite {suite}")
+            return None
+        info, release_files, sha256 = release
+        for path, (digest, size) in release_files.items():
+            self._add(Entry(upstream.name, path, digest, size))
+        self.releases[f"{upstream.name} {suite}"] = {
+            "date": info.date,
+            "sha256": sha256,
+            "valid_until": info.valid_until,
+        }
+        for path, (digest, size) in recorded.items():
+            if path in release_files or self._is_release_file(path):
+                continue
+            relative = path[len(prefix) :]
+            self._plan_index(upstream, suite, info, path, relative, digest, size)
+        return info
+
+    def _refuse_two_states(
+        self, upstream: Upstream, suite: str, all_recorded: dict[str, set[tuple[str, int]]]
+    ) -> None:
+        for name in ("InRelease", "Release"):
+            states = all_recorded.get(f"dists/{suite}/{name}", set())
+            if len(states) > 1:
+                described = " and ".join(
+                    f"{self._release_date(sha)} (sha256 {sha[:SHORT_ID]})" for sha, _ in states
+                )
+                raise FreezeError(
+                    f"the recordings saw two states of {upstream.name} {suite}: {described}; "
+                    "a point release happened while they ran",
+                    "record the install again and freeze the new recording alone",
+                )
+
+    def _release_date(self, sha256: str) -> str:
+        try:
+            return parse_release(self._blob(sha256).read_bytes()).date or "no Date"
+        except (OSError, ValueError):
+            return "unreadable"
+
+    def _verified_release(
+        self, upstream: Upstream, suite: str, recorded: dict[str, tuple[str, int]]
+    ) -> tuple[ReleaseInfo, dict[str, tuple[str, int]], str] | None:
+        """The verified Release of a suite, the files it came from, and its sha256."""
+        prefix = f"dists/{suite}/"
+        forms = {name: recorded.get(prefix + name) for name in RELEASE_NAMES}
+        # apt had it already (304) or fetched it outside the recording: use the cached one.
+        if not forms["InRelease"] and not forms["Release"]:
+            forms["InRelease"] = self._cached(upstream, prefix + "InRelease")
+            forms["Release"] = self._cached(upstream, prefix + "Release")
+        if forms["Release"] and not forms["Release.gpg"]:
+            forms["Release.gpg"] = self._cached(upstream, prefix + "Release.gpg")
+        keyring = upstream.keyring
+        if keyring is None:
+            self._problem(upstream.name, prefix + "InRelease", "the upstream has no keyring")
+            return None
+        for name, detached in (("InRelease", None), ("Release", "Release.gpg")):
+            signed = forms[name]
+            if signed is None or (detached and forms[detached] is None):
+                continue
+            try:
+                if detached:
+                    text = verify_signature(
+                        keyring, self._blob(forms[detached][0]), self._blob(signed[0])
+                    )
+                else:
+                    text = verify_signature(keyring, self._blob(signed[0]))
+            except (SignatureError, FileNotFoundError) as exc:
+                reason = (
+                    f"bad signature ({exc})"
+                    if isinstance(exc, SignatureError)
+                    else "blob missing from store"
+                )
+                self._problem(upstream.name, prefix + name, reason)
+                return None
+            files = {prefix + name: signed}
+            if detached:
+                files[prefix + detached] = forms[detached]
+            return parse_release(text), files, signed[0]
+        self._problem(
+            upstream.name,
+            prefix + "InRelease",
+            "no InRelease or Release+Release.gpg recorded or cached",
+        )
+        return None
+
+    def _cached(self, upstream: Upstream, path: str) -> tuple[str, int] | None:
+        sha256 = queries.cached_sha256(self.db, upstream.name, path)
+        if sha256 is None or not self.store.has(sha256):
+            return None
+        return sha256, self.store.local_path(sha256).stat().st_size
+
+    def _plan_index(
+        self,
+        upstream: Upstream,
+        suite: str,
+        info: ReleaseInfo,
+        path: str,
+        relative: str,
+        sha256: str,
+        size: int,
+    ) -> None:
+        digest = by_hash_sha256(path)
+        if digest is not None:
+            directory = relative.split("/by-hash/")[0]
+            canonical = info.by_sha256(digest, directory)
+            if canonical is None or digest != sha256:
+                self._problem(upstream.name, path, "by-hash file not listed in the Release file")
+                return
+            self._add(Entry(upstream.name, path, sha256, size))
+            self._add(Entry(upstream.name, f"dists/{suite}/{canonical.name}", sha256, size))
+            return
+        images = installer_images_dir(path)
+        if images is not None:
+            self._plan_installer_file(upstream, suite, info, images, path, sha256, size)
+            return
+        listed = info.entries.get(relative)
+        if listed is None:
+            self._problem(upstream.name, path, "not listed in the Release file")
+        elif (listed.sha256, listed.size) != (sha256, size):
+            self._problem(upstream.name, path, "sha256 or size does not match the Release file")
+        else:
+            self._add(Entry(upstream.name, path, sha256, size))
+
+    def _plan_installer_file(
+        self,
+        upstream: Upstream,
+        suite: str,
+        info: ReleaseInfo,
+        images: str,
+        path: str,
+        sha256: str,
+        size: int,
+    ) -> None:
+        sums_path = f"{images}/SHA256SUMS"
+        listed = info.entries.get(sums_path[len(f"dists/{suite}/") :])
+        if listed is None or not self.store.has(listed.sha256):
+            self._problem(upstream.name, path, f"{sums_path} is not in the Release file or store")
+            return
+        self._add(Entry(upstream.name, sums_path, listed.sha256, listed.size))
+        if path == sums_path:
+            return
+        sums = parse_checksums_file(self._blob(listed.sha256).read_text(errors="replace"))
+        if sums.get(path[len(images) + 1 :]) != sha256:
+            self._problem(upstream.name, path, f"does not match {sums_path}")
+        else:
+            self._add(Entry(upstream.name, path, sha256, size))
+
+    # Pool files: each must be listed, with the same sha256 and size, in a frozen Packages.
+    def _plan_pool(
+        self,
+        upstream: Upstream,
+        pool: dict[str, tuple[str, int]],
+        releases: dict[str, ReleaseInfo],
+        recorded: dict[str, tuple[str, int]],
+    ) -> None:
+        if not releases:
+            for path in pool:
+                self._problem(
+                    upstream.name, path, "no Release of this upstream was recorded or cached"
+                )
+            return
+        listings = PackagesListings(self, upstream, releases, recorded)
+        for path, (sha256, size) in sorted(pool.items()):
+            listing = listings.find(path)
+            if listing is None:
+                suites = ", ".join(sorted(releases))
+                self._problem(upstream.name, path, f"not listed in the Packages of {suites}")
+            elif (listing.sha256, listing.size) != (sha256, size):
+                self._problem(
+                    upstream.name, path, f"sha256 or size does not match {listing.index_path}"
+                )
+            else:
+                self._add(
+                    Entry(
+                        upstream.name,
+                        path,
+                        sha256,
+                        size,
+                        listing.package,
+                        listing.version,
+                        listing.architecture,
+                        listing.suite,
+                    )
+                )
+                listings.use(listing)
+
+    def _add(self, entry: Entry) -> None:
+        self.entries[entry.key] = entry
+
+    def _problem(self, upstream: str, path: str, reason: str) -> None:
+        self.problems.append(Problem(upstream, path, reason))
+
+    def _blob(self, sha256: str) -> Path:
+        blob = self.store.local_path(sha256)
+        if not blob.is_file():
+            raise FileNotFoundError(blob)
+        return blob
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A pool file as a frozen Packages index lists it."""
+
+    sha256: str
+    size: int
+    package: str
+    version: str
+    architecture: str
+    suite: str
+    index_path: str
+    index: Entry
+
+
+class PackagesListings:
+    """Pool Filename → stanza, parsed lazily from the Packages indices of the frozen suites."""
+
+    def __init__(
+        self,
+        freezer: Freezer,
+        upstream: Upstream,
+        releases: dict[str, ReleaseInfo],
+        recorded: dict[str, tuple[str, int]],
+    ) -> None:
+        self.freezer, self.upstream, self.releases, self.recorded = (
+            freezer,
+            upstream,
+            releases,
+            recorded,
+        )
+        self._parsed: set[tuple[str, str]] = set()
+        self._listings: dict[str, Listing] = {}
+
+    def find(self, pool_path: str) -> Listing | None:
+        for suite, directory in self._directories_for(pool_path):
+            if pool_path in self._listings:
+                break
+            self._parse(suite, directory)
+        return self._listings.get(pool_path)
+
+    def use(self, listing: Listing) -> None:
+        """Include the index that authenticated a pool file, and its recorded variants."""
+        self.freezer._add(listing.index)
+        directory = listing.index_path.rpartition("/")[0]
+        for path, (sha256, size) in self.recorded.items():
+            if path.startswith(directory + "/Packages"):
+                info = self.releases[listing.suite]
+                relative = path[len(f"dists/{listing.suite}/") :]
+                if info.entries.get(relative) and info.entries[relative].sha256 == sha256:
+                    self.freezer._add(Entry(self.upstream.name, path, sha256, size))
+
+    def _directories_for(self, pool_path: str) -> list[tuple[str, str]]:
+        component = pool_path.split("/")[1]
+        name = pool_path.rpartition("/")[2]
+        match = re.search(r"_([a-z0-9-]+)\.(u?deb)$", name)
+        architecture, kind = (match.group(1), match.group(2)) if match else ("", "")
+        candidates = []
+        for suite, info in sorted(self.releases.items()):
+            directories = sorted({entry.name.rpartition("/")[0] for entry in info.entries.values()})
+            for directory in directories:
+                parts = directory.split("/")
+                if parts[0] != component or not parts[-1].startswith("binary-"):
+                    continue
+                if (kind == "udeb") != ("debian-installer" in parts):
+                    continue
+                arch = parts[-1].removeprefix("binary-")
+                if architecture in (arch, "") or architecture == "all":
+                    candidates.append((suite, directory))
+        return candidates
+
+    def _parse(self, suite: str, directory: str) -> None:
+        if (suite, directory) in self._parsed:
+            return
+        self._parsed.add((suite, directory))
+        info = self.releases[suite]
+        index = self._available_index(suite, info, directory)
+        if index is None:
+            return
+        blob = self.freezer.store.local_path(index.sha256)
+        for stanza in packages_stanzas(blob):
+            filename = stanza.get("Filename")
+            if not filename or filename in self._listings or not stanza.get("SHA256"):
+                continue
+            self._listings[filename] = Listing(
+                stanza["SHA256"].lower(),
+                int(stanza.get("Size", "-1")),
+                stanza.get("Package", ""),
+                stanza.get("Version", ""),
+                stanza.get("Architecture", ""),
+                suite,
+                index.path,
+                index,
+            )
+
+    def _available_index(self, suite: str, info: ReleaseInfo, directory: str) -> Entry | None:
+        """A Packages variant of `directory` that the Release lists and the store holds."""
+        variants = [
+            entry
+            for name, entry in info.entries.items()
+            if name.rpartition("/")[0] == directory
+            and name.rpartition("/")[2].startswith("Packages")
+        ]
+        recorded_first = sorted(
+            variants, key=lambda e: (f"dists/{suite}/{e.name}" not in self.recorded, e.name)
+        )
+        for entry in recorded_first:
+            if self.freezer.store.has(entry.sha256):
+                return Entry(
+                    self.upstream.name, f"dists/{suite}/{entry.name}", entry.sha256, entry.size
+                )
+        return None
+
+
+def plan_manifest(
+    config: Config,
+    db: sqlite_utils.Database,
+    store: FileStore,
+    recordings: list[str],
+    *,
+    label: str | None = None,
+    allow_unverified: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Manifest:
+    """The manifest the recordings would freeze into; raises if a file can't be verified."""
+    recordings = sorted(set(recordings))
+    check_recordings_exist(db, recordings)
+    freezer = Freezer(config, db, store)
+    recorded = Recorded.load(db, recordings)
+    freezer.plan(recorded, progress)
+    unverified = [p for p in freezer.problems if (p.upstream, p.path) not in freezer.entries]
+    if unverified and not allow_unverified:
+        raise UnverifiableFiles(unverified)
+    for problem in unverified:
+        versions = recorded.files.get(problem.upstream, {}).get(problem.path, set())
+        if len(versions) == 1:
+            sha256, size = next(iter(versions))
+            freezer._add(Entry(problem.upstream, problem.path, sha256, size))
+    entries = sorted(freezer.entries.values(), key=lambda e: e.key)
+    missing = [e for e in entries if not store.has(e.sha256)]
+    if missing:
+        problems = [Problem(e.upstream, e.path, "blob missing from store") for e in missing]
+        raise UnverifiableFiles(problems)
+    return Manifest(
+        manifest_id(entries),
+        label,
+        time.time(),
+        recordings,
+        entries,
+        freezer.releases,
+        [str(p) for p in unverified],
+    )
+
+
+def freeze(
+    config: Config,
+    db: sqlite_utils.Database,
+    store: FileStore,
+    recordings: list[str],
+    **options: object,
+) -> tuple[Manifest, bool]:
+    """Verify the recordings' files and store them as a manifest; (manifest, newly created)."""
+    manifest = plan_manifest(config, db, store, recordings, **options)
+    return manifest, save_manifest(db, manifest)
+
+
+class UnverifiableFiles(FreezeError):
+    """Freeze found files it cannot verify; lists each with its reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        listing = "\n".join(f"  {p}" for p in problems)
+        super().__init__(
+            f"{len(problems)} recorded file(s) could not be verified:\n{listing}\n",
+            "fix the mirror or the keyring and record again, or pass --allow-unverified",
+        )
+
+
+def check_recordings_exist(db: sqlite_utils.Database, recordings: list[str]) -> None:
+    known = {row["recording"] for row in queries.recording_summaries(db)}
+    for name in recordings:
+        if name not in known:
+            raise NotFound(
+                f"no recording named {name!r}{near_matches(name, known)}",
+                "list them with `debcache recordings`",
+            )
+
+
+def near_matches(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+# --- storage ----------------------------------------------------------------------
+
+
+def save_manifest(db: sqlite_utils.Database, manifest: Manifest) -> bool:
+    """Store it in one transaction; False if a manifest with that id existed already."""
+    row = {
+        "id": manifest.id,
+        "label": manifest.label,
+        "created": manifest.created,
+        "recordings": json.dumps(manifest.recordings),
+        "files": len(manifest.entries),
+        "bytes": manifest.bytes,
+        "releases": json.dumps(manifest.releases, sort_keys=True),
+        "unverified": json.dumps(manifest.unverified),
+    }
+    return queries.insert_manifest(db, row, [asdict(e) for e in manifest.entries])
+
+
+def resolve_manifest_id(db: sqlite_utils.Database, text: str) -> str:
+    """The full id for a unique prefix (at least 4 hex digits)."""
+    if not re.fullmatch(r"[0-9a-fA-F]{4,64}", text):
+        raise NotFound(
+            f"{text!r} is not a manifest id",
+            "give at least 4 hex digits; `debcache manifests` lists them",
+        )
+    ids = queries.manifest_ids_with_prefix(db, text)
+    if not ids:
+        raise NotFound(f"no manifest id starts with {text}", "list them with `debcache manifests`")
+    if len(ids) > 1:
+        raise NotFound(
+            f"{text} is ambiguous: {', '.join(i[:SHORT_ID] for i in ids)}",
+            "give more digits",
+        )
+    return ids[0]
+
+
+def load_manifest(db: sqlite_utils.Database, manifest_id: str) -> Manifest:
+    row = queries.manifest_row(db, manifest_id)
+    if row is None:
+        raise NotFound(f"no manifest {manifest_id}", "list them with `debcache manifests`")
+    entries = [Entry(**e) for e in queries.manifest_entries(db, manifest_id)]
+    return Manifest(
+        row["id"],
+        row["label"],
+        row["created"],
+        json.loads(row["recordings"]),
+        entries,
+        json.loads(row["releases"]),
+        json.loads(row["unverified"]),
+    )
+
+
+# --- lockfiles --------------------------------------------------------------------
+
+
+def export_lockfile(manifest: Manifest) -> dict:
+    """A self-contained JSON document that `import_lockfile` turns back into this manifest."""
+    return {
+        "format": LOCKFILE_FORMAT,
+        "id": manifest.id,
+        "label": manifest.label,
+        "created": manifest.created,
+        "recordings": manifest.recordings,
+        "releases": manifest.releases,
+        "unverified": manifest.unverified,
+        "entries": [asdict(e) for e in manifest.entries],
+    }
+
+
+def parse_lockfile(document: object, source: str) -> Manifest:
+    """Validate a lockfile; every entry must be a safe archive path with a sha256."""
+
+    def bad(reason: str) -> BadRequest:
+        return BadRequest(f"{source}: {reason}", "export it again with `debcache manifests export`")
+
+    if not isinstance(document, dict) or document.get("format") != LOCKFILE_FORMAT:
+        raise bad(f"not a debcache lockfile (format {LOCKFILE_FORMAT} expected)")
+    raw_entries = document.get("entries")
+    if not isinstance(raw_entries, list) or not raw_entries:
+        raise bad("it has no entries")
+    entries = []
+    for number, raw in enumerate(raw_entries, 1):
+        entries.append(_lockfile_entry(raw, number, bad))
+    keys = [e.key for e in entries]
+    if len(set(keys)) != len(keys):
+        raise bad("an upstream/path appears twice")
+    computed = manifest_id(entries)
+    if document.get("id") != computed:
+        raise bad(f"its id {document.get('id')!r} does not match its entries ({computed})")
+    return Manifest(
+        computed,
+        document.get("label") if isinstance(document.get("label"), str) else None,
+        float(document.get("created") or time.time()),
+        [str(r) for r in document.get("recordings") or []],
+        sorted(entries, key=lambda e: e.key),
+        dict(document.get("releases") or {}),
+        [str(u) for u in document.get("unverified") or []],
+    )
+
+
+def _lockfile_entry(raw: object, number: int, bad: Callable[[str], BadRequest]) -> Entry:
+    if not isinstance(raw, dict):
+        raise bad(f"entry {number} is not an object")
+    upstream, path, sha256, size = (raw.get(k) for k in ("upstream", "path", "sha256", "size"))
+    if not isinstance(upstream, str) or not NAME_PATTERN.match(upstream):
+        raise bad(f"entry {number} has no valid upstream name")
+    if not isinstance(path, str):
+        raise bad(f"entry {number} has no path")
+    try:
+        if parse_archive_path(path) != path:
+            raise BadRequest("encoded")
+    except BadRequest:
+        raise bad(f"entry {number} has an unsafe path {path!r}") from None
+    if not isinstance(sha256, str) or not SHA256_PATTERN.match(sha256):
+        raise bad(f"entry {number} has no valid sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise bad(f"entry {number} has no valid size")
+    info = {k: raw.get(k) for k in ("package", "version", "architecture", "suite")}
+    return Entry(
+        upstream, path, sha256, size, **{k: v for k, v in info.items() if isinstance(v, str)}
+    )
+
+
+class ImportFailed(DebcacheError):
+    status = 502
+
+
+def import_manifest(
+    config: Config,
+    db: sqlite_utils.Database,
+    store: FileStore,
+    manifest: Manifest,
+    source_url: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> bool:
+    """Fetch the blobs the store lacks, verify each, then store the manifest (all or nothing)."""
+    missing = {e.sha256: e for e in manifest.entries if not store.has(e.sha256)}
+    if missing:
+        failures = asyncio.run(
+            _fetch_blobs(config, store, manifest.id, list(missing.values()), source_url, progress)
+        )
+        if failures:
+            listing = "\n".join(f"  {e.upstream}/{e.path}: {why}" for e, why in failures)
+            raise ImportFailed(
+                f"{len(failures)} file(s) of manifest {manifest.short_id} could not be fetched:"
+                f"\n{listing}\n",
+                "nothing was imported; retry, or import --from a debcache that has them",
+            )
+    return save_manifest(db, manifest)
+
+
+async def _fetch_blobs(
+    config: Config,
+    store: FileStore,
+    manifest_id: str,
+    entries: list[Entry],
+    source_url: str | None,
+    progress: Callable[[int], None] | None,
+) -> list[tuple[Entry, str]]:
+    limit = asyncio.Semaphore(8)
+    failures: list[tuple[Entry, str]] = []
+    async with create_session() as session:
+
+        async def fetch(entry: Entry) -> None:
+            async with limit:
+                why = await download_blob(
+                    session,
+                    _blob_urls(config, manifest_id, entry, source_url),
+                    entry.sha256,
+                    entry.size,
+                    store,
+                )
+            if why:
+                failures.append((entry, why))
+            if progress:
+                progress(1)
+
+        await asyncio.gather(*(fetch(e) for e in entries))
+    return sorted(failures, key=lambda f: f[0].key)
+
+
+def _blob_urls(config: Config, manifest_id: str, entry: Entry, source_url: str | None) -> list[str]:
+    if source_url:
+        base = f"{source_url.rstrip('/')}/manifest/{manifest_id}/{entry.upstream}"
+        return [upstream_url(base, entry.path)]
+    upstream = config.upstreams.get(entry.upstream)
+    return [upstream_url(base, entry.path) for base in upstream.urls] if upstream else []
