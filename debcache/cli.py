@@ -17,6 +17,7 @@ import click
 import sqlite_utils
 
 from . import db
+from .branches import Change, check_branch_name, current_manifest_id, promote, rollback
 from .config import Config, load_config
 from .diff import diff, load_side
 from .errors import BadRequest, ConfigError, DebcacheError
@@ -268,6 +269,7 @@ def show_recording(config: Config, name: str, as_json: bool) -> None:
 @cli.command("freeze")
 @click.argument("recording_names", metavar="RECORDING...", nargs=-1, required=True)
 @click.option("--name", "label", help="A label for the manifest.")
+@click.option("--promote", "branch", metavar="BRANCH", help="Then point BRANCH at the manifest.")
 @click.option("--allow-unverified", is_flag=True, help="Include files that can't be verified.")
 @json_option
 @pass_config
@@ -275,6 +277,7 @@ def freeze_command(
     config: Config,
     recording_names: tuple[str, ...],
     label: str | None,
+    branch: str | None,
     allow_unverified: bool,
     as_json: bool,
 ) -> None:
@@ -285,6 +288,8 @@ def freeze_command(
         debcache freeze xen-4.19-run-1234 --name "xen-4.19 2024-06"
     """
     database, store = open_state(config)
+    if branch:
+        check_branch_name(branch)
     total = len(db.recorded_files(database, list(recording_names)))
     with progress_bar(total, "Verifying") as progress:
         manifest, created = freeze(
@@ -305,6 +310,9 @@ def freeze_command(
         "recordings": manifest.recordings,
         "unverified": manifest.unverified,
     }
+    if branch:
+        promote(database, store, branch, manifest.id, note=f"freeze {' '.join(recording_names)}")
+        summary["promoted"] = branch
     if as_json:
         print_json(summary)
         return
@@ -315,7 +323,10 @@ def freeze_command(
     )
     for problem in manifest.unverified:
         click.echo(f"  unverified: {problem}")
-    click.echo(f"Show it with: debcache manifests show {manifest.short_id}")
+    if branch:
+        click.echo(f"Branch {branch} now serves it at /pin/{branch}/UPSTREAM/.")
+    else:
+        click.echo(f"Pin it with: debcache promote BRANCH {manifest.short_id}")
 
 
 @cli.group(invoke_without_command=True)
@@ -419,6 +430,103 @@ def import_manifest_command(config: Config, lockfile: Path, source_url: str | No
         created = import_manifest(config, database, store, manifest, source_url, progress)
     state = "Imported" if created else "Already had"
     click.echo(f"{state} manifest {manifest.short_id}: {len(manifest.entries)} files.")
+
+
+# --- branches -------------------------------------------------------------------------
+
+
+@cli.command("promote")
+@click.argument("branch")
+@click.argument("manifest_ref", metavar="MANIFEST")
+@click.option("--note", help="Why; kept in the branch's log.")
+@pass_config
+def promote_command(config: Config, branch: str, manifest_ref: str, note: str | None) -> None:
+    """Point BRANCH at MANIFEST (an id or unique prefix); creates the branch if new.
+
+    \b
+    Example:
+        debcache promote xen-4.19 1a2b3c4d --note "after 12.7"
+    """
+    database, store = open_state(config)
+    manifest_id = resolve_manifest_id(database, manifest_ref)
+    count = len({row["sha256"] for row in db.manifest_entries(database, manifest_id)})
+    with progress_bar(count, "Checking blobs") as progress:
+        change = promote(database, store, branch, manifest_id, note, progress)
+    _report_change(change, "now serves")
+
+
+@cli.command("rollback")
+@click.argument("branch")
+@click.option("--to", "to", metavar="MANIFEST", help="Go to this manifest, not the previous one.")
+@click.option("--note", help="Why; kept in the branch's log.")
+@pass_config
+def rollback_command(config: Config, branch: str, to: str | None, note: str | None) -> None:
+    """Point BRANCH back at the manifest it served before (or at --to)."""
+    database, store = open_state(config)
+    _report_change(rollback(database, store, branch, to, note), "is back on")
+
+
+def _report_change(change: Change, verb: str) -> None:
+    before = f" (was {change.previous_id[:SHORT_ID]})" if change.previous_id else ""
+    click.echo(f"Branch {change.branch} {verb} manifest {change.manifest_id[:SHORT_ID]}{before}.")
+    click.echo(f"History: debcache log {change.branch}")
+
+
+@cli.command("branches")
+@json_option
+@pass_config
+def branches_command(config: Config, as_json: bool) -> None:
+    """List branches and the manifest each serves."""
+    database, _ = open_state(config)
+    rows = db.branch_rows(database)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo("No branches yet. Make one with: debcache promote BRANCH MANIFEST")
+        return
+    print_table(
+        ["BRANCH", "MANIFEST", "LABEL", "CHANGED", "NOTE", "FILES", "SIZE"],
+        [
+            [
+                r["name"],
+                r["manifest_id"][:SHORT_ID],
+                r["label"] or "-",
+                when(r["changed"]),
+                r["note"] or "-",
+                r["files"],
+                size(r["bytes"]),
+            ]
+            for r in rows
+        ],
+    )
+
+
+@cli.command("log")
+@click.argument("branch")
+@json_option
+@pass_config
+def log_command(config: Config, branch: str, as_json: bool) -> None:
+    """A branch's history, newest first."""
+    database, _ = open_state(config)
+    current_manifest_id(database, branch)
+    rows = db.branch_history(database, branch)
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        ["WHEN", "ACTION", "MANIFEST", "FROM", "NOTE"],
+        [
+            [
+                when(r["time"]),
+                r["action"],
+                r["manifest_id"][:SHORT_ID],
+                (r["previous_id"] or "-")[:SHORT_ID],
+                r["note"] or "-",
+            ]
+            for r in rows
+        ],
+    )
 
 
 # --- diff -----------------------------------------------------------------------------

@@ -81,6 +81,23 @@ CREATE TABLE IF NOT EXISTS manifest_entries (
     suite TEXT,
     PRIMARY KEY (manifest_id, upstream, path)
 );
+CREATE TABLE IF NOT EXISTS branches (
+    name TEXT PRIMARY KEY,
+    manifest_id TEXT NOT NULL REFERENCES manifests (id),
+    previous_id TEXT REFERENCES manifests (id),  -- fills gaps during the grace period
+    changed REAL NOT NULL,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS branch_history (
+    id INTEGER PRIMARY KEY,
+    branch TEXT NOT NULL,
+    action TEXT NOT NULL,        -- promote or rollback
+    manifest_id TEXT NOT NULL REFERENCES manifests (id),
+    previous_id TEXT,
+    time REAL NOT NULL,
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS branch_history_by_branch ON branch_history (branch, id);
 """
 
 
@@ -291,6 +308,60 @@ def manifest_entries(db: sqlite_utils.Database, manifest_id: str) -> list[dict]:
             """SELECT upstream, path, sha256, size, package, version, architecture, suite
             FROM manifest_entries WHERE manifest_id = ? ORDER BY upstream, path""",
             [manifest_id],
+        )
+    )
+
+
+def set_branch(
+    db: sqlite_utils.Database,
+    branch: str,
+    action: str,
+    manifest_id: str,
+    note: str | None,
+    now: float,
+) -> str | None:
+    """Point a branch at a manifest and log it, atomically; the id it pointed at before."""
+    with db.conn:
+        db.conn.execute("BEGIN IMMEDIATE")  # concurrent promotes of one branch serialize here
+        row = db.conn.execute(
+            "SELECT manifest_id FROM branches WHERE name = ?", [branch]
+        ).fetchone()
+        previous = row[0] if row else None
+        db.conn.execute(
+            """INSERT INTO branches (name, manifest_id, previous_id, changed, note)
+            VALUES (?, ?, ?, ?, ?)
+            ON CONFLICT (name) DO UPDATE SET manifest_id = excluded.manifest_id,
+            previous_id = excluded.previous_id, changed = excluded.changed, note = excluded.note""",
+            [branch, manifest_id, previous, now, note],
+        )
+        db.conn.execute(
+            """INSERT INTO branch_history (branch, action, manifest_id, previous_id, time, note)
+            VALUES (?, ?, ?, ?, ?, ?)""",
+            [branch, action, manifest_id, previous, now, note],
+        )
+    return previous
+
+
+def branch_row(db: sqlite_utils.Database, branch: str) -> dict | None:
+    rows = list(db.query("SELECT * FROM branches WHERE name = ?", [branch]))
+    return rows[0] if rows else None
+
+
+def branch_rows(db: sqlite_utils.Database) -> list[dict]:
+    return list(
+        db.query(
+            """SELECT b.*, m.label, m.files, m.bytes FROM branches b
+            JOIN manifests m ON m.id = b.manifest_id ORDER BY b.name"""
+        )
+    )
+
+
+def branch_history(db: sqlite_utils.Database, branch: str, limit: int = 1000) -> list[dict]:
+    """Newest first."""
+    return list(
+        db.query(
+            "SELECT * FROM branch_history WHERE branch = ? ORDER BY id DESC LIMIT ?",
+            [branch, limit],
         )
     )
 

@@ -52,7 +52,7 @@ debian-installer images: ``publish_suite(..., installer=InstallerSpec(...))``
     dists/<suite>/main/installer-amd64/current/...       same files, a real directory
 
 ``current`` is a copy, not a symlink: FakeMirror would follow a symlink, but
-``Archive.files()`` (``rglob``) and other static servers would not. Release
+``Archive.files()`` (``rglob``) would not, nor might other servers. Release
 lists each ``<version>/images/{MD5SUMS,SHA256SUMS}`` and ``current``'s (no
 by-hash for them, as dak does), and the suite's debian-installer Packages get
 the matching kernel udeb (``InstallerSpec.kernel_udeb()``:
@@ -67,7 +67,7 @@ signs a suite with a key that ``archive.key.keyring`` does not hold (gpgv exits
 2, apt says ``NO_PUBKEY``). Any number of keys and archives can coexist in one
 process (each key has its own gpg home and agent); built packages and
 installer images are cached per process, so ``build_test_archive`` per test
-costs about half a second.
+costs well under a second (mostly gpg key generation and signing).
 """
 
 from __future__ import annotations

@@ -16,12 +16,15 @@ from ..config import Config
 from ..db import Database
 from ..errors import DebcacheError, MethodNotAllowed
 from ..inflight import Downloads
+from ..pinned import PinnedFiles
 from ..recording import FetchLog
 from ..store import FileStore
 from ..upstream import UpstreamClient, create_session
 from . import admin
-from .keys import CACHE, CONFIG, FETCH_LOG
-from .live import SOURCE_HEADER, is_absolute_form, serve_live
+from .keys import CACHE, CONFIG, FETCH_LOG, PINNED
+from .live import is_absolute_form, serve_live
+from .pinned import serve_manifest, serve_pinned
+from .responses import SOURCE_HEADER
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -33,6 +36,8 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app.cleanup_ctx.append(services)
     app.router.add_get("/_/health", admin.health)
+    app.router.add_get("/pin/{tail:.+}", serve_pinned)
+    app.router.add_get("/manifest/{tail:.+}", serve_manifest)
     app.router.add_get("/{tail:.+}", serve_live)
     return app
 
@@ -47,12 +52,14 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     downloads = Downloads(store)
     cache = LiveCache(store, database, downloads, UpstreamClient(session))
     await cache.load()
-    app[CACHE], app[FETCH_LOG] = cache, FetchLog(database)
+    pinned = PinnedFiles(config, database, store)
+    app[CACHE], app[FETCH_LOG], app[PINNED] = cache, FetchLog(database), pinned
     try:
         yield
     finally:
         await downloads.close()
         await session.close()
+        pinned.close()
         database.close()
 
 

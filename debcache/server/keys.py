@@ -4,8 +4,10 @@ from aiohttp import web
 
 from ..cache import LiveCache
 from ..config import Config
+from ..pinned import PinnedFiles
 from ..recording import FetchLog
 
 CONFIG = web.AppKey("config", Config)
 CACHE = web.AppKey("cache", LiveCache)
 FETCH_LOG = web.AppKey("fetch_log", FetchLog)
+PINNED = web.AppKey("pinned", PinnedFiles)

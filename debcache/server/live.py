@@ -12,17 +12,15 @@ from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
-from ..archive import classify_path, content_type_for, parse_archive_path
+from ..archive import parse_archive_path
 from ..cache import FromStore, Outcome, PassedOn, Streaming
 from ..config import Config, Upstream
 from ..errors import DebcacheError, Forbidden, NotFound
 from ..recording import FetchRecord, check_recording_name, recording_from_credentials
 from .keys import CACHE, CONFIG, FETCH_LOG
+from .responses import SOURCE_HEADER, archive_headers, send_blob
 
 log = logging.getLogger(__name__)
-IMMUTABLE = "public, max-age=31536000, immutable"
-REVALIDATE = "no-cache"
-SOURCE_HEADER = "X-Debcache"
 
 
 @dataclass(frozen=True)
@@ -141,50 +139,22 @@ async def respond(
     return _pass_on(outcome, record)
 
 
-class BlobResponse(web.FileResponse):
-    """A FileResponse that may be sent inside the handler (so it can be logged as complete)."""
-
-    async def prepare(self, request: web.BaseRequest):  # type: ignore[override]
-        if self.prepared:
-            return None
-        return await super().prepare(request)
-
-
 async def _send_blob(
     request: web.Request, target: Target, outcome: FromStore, record: FetchRecord
 ) -> web.StreamResponse:
-    headers = _headers(target.path, outcome.source)
+    headers = archive_headers(target.path, outcome.source)
     if outcome.warning:
         headers["Warning"] = '111 debcache "Revalidation Failed"'
         log.warning("serving a stale %s/%s: %s", target.upstream.name, target.path, outcome.warning)
-    response = BlobResponse(outcome.blob, headers=headers)
     record.sha256, record.size = outcome.file.sha256, outcome.file.size
-    try:
-        await response.prepare(_without_entity_tag_if_range(request))
-        await response.write_eof()
-    except ConnectionError:
-        return response  # the client hung up; logged as incomplete
-    record.status, record.complete = response.status, True
-    return response
-
-
-def _without_entity_tag_if_range(request: web.Request) -> web.Request:
-    # aiohttp honours Range even when an If-Range entity tag does not match. A full
-    # 200 is always a correct answer to a Range request, so drop such ranges.
-    if_range = request.headers.get("If-Range", "")
-    if "Range" in request.headers and if_range.lstrip().startswith(('"', "W/")):
-        headers = request.headers.copy()
-        del headers["Range"]
-        del headers["If-Range"]
-        return request.clone(headers=headers)
-    return request
+    return await send_blob(request, outcome.blob, headers, record)
 
 
 async def _send_download(
     request: web.Request, target: Target, outcome: Streaming, record: FetchRecord
 ) -> web.StreamResponse:
     download = outcome.download
-    headers = _headers(target.path, outcome.source)
+    headers = archive_headers(target.path, outcome.source)
     if download.last_modified:
         headers["Last-Modified"] = download.last_modified
     response = web.StreamResponse(headers=headers)
@@ -220,11 +190,3 @@ def _pass_on(outcome: PassedOn, record: FetchRecord) -> web.Response:
         body=outcome.body,
         headers={"Content-Type": outcome.content_type, SOURCE_HEADER: "upstream"},
     )
-
-
-def _headers(path: str, source: str) -> dict[str, str]:
-    return {
-        "Content-Type": content_type_for(path),
-        "Cache-Control": IMMUTABLE if classify_path(path).immutable else REVALIDATE,
-        SOURCE_HEADER: source,
-    }

@@ -1,0 +1,84 @@
+"""Pinned and manifest endpoints: files served from the store only, never from upstream.
+
+`/pin/<branch>/<upstream>/<path>` serves the branch's current manifest;
+`/manifest/<id>/<upstream>/<path>` serves one manifest, cacheable forever.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from ..archive import parse_archive_path
+from ..branches import check_branch_name
+from ..config import NAME_PATTERN
+from ..errors import BadRequest, NotFound
+from ..pinned import PinnedFile
+from .keys import FETCH_LOG, PINNED
+from .responses import IMMUTABLE, archive_headers, send_blob
+
+PIN_MAX_AGE = "public, max-age=10"  # short: a promote must reach HTTP caches soon
+MANIFEST_HEADER = "X-Debcache-Manifest"
+
+
+async def serve_pinned(request: web.Request) -> web.StreamResponse:
+    """GET/HEAD /pin/<branch>/<upstream>/<path>."""
+    branch_text, upstream, path = _split(request, "pin")
+    branch = check_branch_name(branch_text)
+    pinned = request.app[PINNED]
+    return await _serve(
+        request, upstream, path, pinned.resolve_pinned(branch, upstream, path), PIN_MAX_AGE
+    )
+
+
+async def serve_manifest(request: web.Request) -> web.StreamResponse:
+    """GET/HEAD /manifest/<id>/<upstream>/<path>: immutable."""
+    manifest_id, upstream, path = _split(request, "manifest")
+    if not re.fullmatch(r"[0-9a-f]{64}", manifest_id):
+        raise BadRequest(
+            f"{manifest_id!r} is not a full manifest id", "use all 64 hex digits of the id"
+        )
+    pinned = request.app[PINNED]
+    return await _serve(
+        request, upstream, path, pinned.resolve_manifest(manifest_id, upstream, path), IMMUTABLE
+    )
+
+
+def _split(request: web.Request, prefix: str) -> tuple[str, str, str]:
+    parts = request.rel_url.raw_path.lstrip("/").split("/", 3)
+    if len(parts) != 4 or unquote(parts[0]) != prefix:
+        raise NotFound(
+            f"{request.rel_url.raw_path} is not /{prefix}/NAME/UPSTREAM/PATH",
+            f"request /{prefix}/NAME/UPSTREAM/dists/SUITE/InRelease or the like",
+        )
+    upstream = unquote(parts[2])
+    if not NAME_PATTERN.match(upstream):
+        raise BadRequest(f"{upstream!r} is not an upstream name", "use the name from the config")
+    return unquote(parts[1]), upstream, parse_archive_path(parts[3])
+
+
+async def _serve(
+    request: web.Request,
+    upstream: str,
+    path: str,
+    resolving: Awaitable[PinnedFile],
+    cache_control: str,
+) -> web.StreamResponse:
+    fetch_log = request.app[FETCH_LOG]
+    record = fetch_log.begin(request.remote, None, upstream, path, request.method)
+    record.source = "pinned"
+    try:
+        found: PinnedFile = await resolving
+        record.sha256, record.size = found.sha256, found.size
+        headers = archive_headers(path, "pinned", cache_control)
+        headers[MANIFEST_HEADER] = found.manifest_id
+        blob = request.app[PINNED].store.local_path(found.sha256)
+        return await send_blob(request, blob, headers, record)
+    except (NotFound, BadRequest) as exc:
+        record.status = exc.status
+        raise
+    finally:
+        fetch_log.finish(record)
