@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 from debcache_server import DebcacheServer, make_config, write_config_file
 from fake_mirror import FakeMirror, Fault
 from http_client import get
+from workflow import freeze_json, keyed_debcache_for, manifest_json, record_install, run
 
 from debcache.cli import cli
 
@@ -34,55 +35,9 @@ INSTALLED = {
 @pytest.fixture
 def keyed_debcache(tmp_path: Path, mirror: FakeMirror, archive: Archive):
     """debcache whose `debian` upstream trusts the test archive's key."""
-    config = make_config(
-        tmp_path / "data",
-        {"debian": [f"{mirror.url}/debian"]},
-        keyring=archive.key.keyring,
-        coalesce_window=0,
-    )
-    with DebcacheServer(config) as server:
-        server.config_file = write_config_file(config, tmp_path / "debcache.toml")
-        yield server
-
-
-def run(server: DebcacheServer, *args: str) -> Result:
-    return CliRunner().invoke(cli, ["--config", str(server.config_file), *args])
-
-
-def record_install(
-    server: DebcacheServer,
-    apt: AptRoot,
-    archive: Archive,
-    mirror: FakeMirror,
-    recording: str,
-    *packages: str,
-    via_proxy: bool = False,
-) -> None:
-    """apt-get update (+ download) through /record/<recording>/ or as proxy user; waits for
-    the log rows (one per mirror request, as every request here goes upstream)."""
-    before = len(mirror.requests)
-    base = f"{server.url}/record/{recording}/debian"
-    proxy = None
-    if via_proxy:
-        base, proxy = f"{mirror.url}/debian", f"http://{recording}@127.0.0.1:{server.port}/"
-    apt.write_sources([f"deb [signed-by={archive.key.keyring}] {base} bookworm main"])
-    assert apt.update(proxy=proxy).returncode == 0
-    if packages:
-        result = apt.download(*packages, proxy=proxy)
-        assert result.returncode == 0, result.stderr
-    server.wait_for_fetches(len(mirror.requests) - before, recording=recording)
-
-
-def freeze_json(server: DebcacheServer, *args: str) -> dict:
-    result = run(server, "freeze", *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)
-
-
-def manifest_json(server: DebcacheServer, manifest_id: str) -> dict:
-    result = run(server, "manifests", "show", manifest_id[:12], "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    server = keyed_debcache_for(tmp_path, mirror, archive)
+    yield server
+    server.stop()
 
 
 def test_freeze_holds_exactly_the_fetched_files_and_what_authenticates_them(

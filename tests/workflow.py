@@ -1,0 +1,74 @@
+"""The lab's workflow as tests script it: record an install, freeze it, look at manifests.
+
+Everything runs for real: apt-get with isolated state through debcache, and the
+`debcache` command line (click's runner, in-process) on the same data dir.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from apt import AptRoot
+from archive_fixture import Archive
+from click.testing import CliRunner, Result
+from debcache_server import DebcacheServer, make_config, write_config_file
+from fake_mirror import FakeMirror
+
+from debcache.cli import cli
+
+
+def keyed_debcache_for(
+    tmp_path: Path, mirror: FakeMirror, archive: Archive, **options
+) -> DebcacheServer:
+    """A started debcache whose `debian` upstream trusts the archive's key; has .config_file."""
+    config = make_config(
+        tmp_path / "data",
+        {"debian": [f"{mirror.url}/debian"]},
+        keyring=archive.key.keyring,
+        coalesce_window=0,
+        **options,
+    )
+    server = DebcacheServer(config)
+    server.config_file = write_config_file(config, tmp_path / "debcache.toml")
+    return server.start()
+
+
+def run(server: DebcacheServer, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["--config", str(server.config_file), *args])
+
+
+def record_install(
+    server: DebcacheServer,
+    apt: AptRoot,
+    archive: Archive,
+    mirror: FakeMirror,
+    recording: str,
+    *packages: str,
+    via_proxy: bool = False,
+) -> None:
+    """apt-get update (+ download) through /record/<recording>/ or as proxy user; waits for
+    the log rows (one per mirror request, as every request here goes upstream)."""
+    before = len(mirror.requests)
+    base = f"{server.url}/record/{recording}/debian"
+    proxy = None
+    if via_proxy:
+        base, proxy = f"{mirror.url}/debian", f"http://{recording}@127.0.0.1:{server.port}/"
+    apt.write_sources([f"deb [signed-by={archive.key.keyring}] {base} bookworm main"])
+    assert apt.update(proxy=proxy).returncode == 0
+    if packages:
+        result = apt.download(*packages, proxy=proxy)
+        assert result.returncode == 0, result.stderr
+    server.wait_for_fetches(len(mirror.requests) - before, recording=recording)
+
+
+def freeze_json(server: DebcacheServer, *args: str) -> dict:
+    result = run(server, "freeze", *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def manifest_json(server: DebcacheServer, manifest_id: str) -> dict:
+    result = run(server, "manifests", "show", manifest_id[:12], "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
