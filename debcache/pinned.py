@@ -3,7 +3,10 @@
 A branch's pointer is read per request, so a promote takes effect for the next
 request; during the branch's grace period a path the new manifest lacks comes
 from the previous one; `by-hash` names resolve against every manifest in the
-branch's recent history, being content-addressed. Nothing here asks an upstream.
+branch's recent history, being content-addressed. Nothing here asks an upstream,
+except for a branch with `fill = "verified"`: a pool file that the frozen
+Packages lists but the manifest lacks is fetched, and served only if its sha256
+matches the frozen index.
 """
 
 from __future__ import annotations
@@ -13,15 +16,24 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import aiohttp
 import sqlite_utils
 
 from . import db as queries
-from .archive import by_hash_sha256
+from .archive import (
+    PathKind,
+    by_hash_sha256,
+    classify_path,
+    is_packages_index,
+    packages_pool_entries,
+)
+from .archive import upstream_url as url_of
 from .config import Config
 from .db import Database
-from .errors import NotFound
+from .errors import NotFound, UpstreamUnavailable
 from .manifest import SHORT_ID
 from .store import FileStore
+from .upstream import download_blob
 
 HISTORY_FOR_BY_HASH = 10
 CACHED_MANIFESTS = 16
@@ -32,20 +44,32 @@ class PinnedFile:
     sha256: str
     size: int
     manifest_id: str
+    filled: bool = False  # fetched by fill = "verified", not in the manifest
 
 
 class PinnedFiles:
     """Which blob a pinned or manifest path is; manifests are cached, branches are not."""
 
-    def __init__(self, config: Config, database: Database, store: FileStore) -> None:
-        self.config, self.database, self.store = config, database, store
+    def __init__(
+        self,
+        config: Config,
+        database: Database,
+        store: FileStore,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.config, self.database, self.store, self.session = config, database, store, session
         # Branch pointers are read on the loop from this connection: one indexed row,
         # microseconds, and always current (a promote is visible on the next request).
         self._loop_db: sqlite_utils.Database = queries.connect(database.path)
         self._manifests: OrderedDict[str, dict[tuple[str, str], tuple[str, int]]] = OrderedDict()
         self._loading: dict[str, asyncio.Future] = {}
+        self._frozen_pools: OrderedDict[str, dict[tuple[str, str], tuple[str, int]]] = OrderedDict()
+        self._filling: dict[str, asyncio.Future] = {}  # sha256 -> its download
+        self._filled_from: set[tuple[str, str, str]] = set()  # (branch, manifest, upstream)
 
     def close(self) -> None:
+        for download in self._filling.values():
+            download.cancel()
         self._loop_db.conn.close()
 
     async def resolve_pinned(self, branch: str, upstream: str, path: str) -> PinnedFile:
@@ -62,6 +86,9 @@ class PinnedFiles:
             found = await self._lookup(row["previous_id"], upstream, path)
         if found is None and by_hash_sha256(path):
             found = await self._by_hash_in_history(branch, upstream, path)
+        options = self.config.branches.get(branch)
+        if found is None and options and options.fill == "verified":
+            found = await self._fill(current, upstream, path)
         if found is None:
             raise NotFound(
                 f"{upstream}/{path} is not in manifest {current[:SHORT_ID]} of branch {branch}",
@@ -97,6 +124,77 @@ class PinnedFiles:
                 if entry_upstream == upstream and sha256 == digest:
                     return PinnedFile(sha256, size, manifest_id)
         return None
+
+    async def authenticating_entries(
+        self, manifest_id: str, upstream: str
+    ) -> list[tuple[str, str, int]]:
+        """(path, sha256, size) of the manifest's dists/ files of one upstream."""
+        files = await self._files(manifest_id)
+        return [
+            (path, sha256, size)
+            for (entry_upstream, path), (sha256, size) in sorted(files.items())
+            if entry_upstream == upstream and path.startswith("dists/")
+        ]
+
+    def first_fill(self, branch: str, manifest_id: str, upstream: str) -> bool:
+        """True the first time (per server run) a branch fills from this manifest and upstream."""
+        key = (branch, manifest_id, upstream)
+        if key in self._filled_from:
+            return False
+        self._filled_from.add(key)
+        return True
+
+    async def _fill(self, manifest_id: str, upstream: str, path: str) -> PinnedFile | None:
+        if classify_path(path) is not PathKind.POOL:
+            return None
+        listed = (await self._frozen_pool(manifest_id)).get((upstream, path))
+        if listed is None:
+            return None
+        sha256, size = listed
+        if not self.store.has(sha256):
+            await self._download(upstream, path, sha256, size)
+        return PinnedFile(sha256, size, manifest_id, filled=True)
+
+    async def _frozen_pool(self, manifest_id: str) -> dict[tuple[str, str], tuple[str, int]]:
+        """Pool Filename → (sha256, size) from the manifest's own Packages indices."""
+        if manifest_id in self._frozen_pools:
+            return self._frozen_pools[manifest_id]
+        files = await self._files(manifest_id)
+        indices = {
+            sha256: upstream
+            for (upstream, path), (sha256, _) in files.items()
+            if is_packages_index(path) and "/by-hash/" not in path
+        }
+
+        def parse() -> dict[tuple[str, str], tuple[str, int]]:
+            pool = {}
+            for sha256, upstream in indices.items():
+                for filename, size, digest in packages_pool_entries(self.store.local_path(sha256)):
+                    pool[(upstream, filename)] = (digest, size)
+            return pool
+
+        pool = await asyncio.to_thread(parse)
+        self._frozen_pools[manifest_id] = pool
+        while len(self._frozen_pools) > CACHED_MANIFESTS:
+            self._frozen_pools.popitem(last=False)
+        return pool
+
+    async def _download(self, upstream: str, path: str, sha256: str, size: int) -> None:
+        """Fetch a blob the frozen index vouches for; one download however many ask."""
+        if sha256 not in self._filling:
+            known = self.config.upstreams.get(upstream)
+            urls = [url_of(base, path) for base in known.urls] if known else []
+            self._filling[sha256] = asyncio.ensure_future(
+                download_blob(self.session, urls, sha256, size, self.store)
+            )
+            self._filling[sha256].add_done_callback(lambda _: self._filling.pop(sha256, None))
+        failure = await asyncio.shield(self._filling[sha256])
+        if failure:
+            raise UpstreamUnavailable(
+                f"{upstream}/{path} is in the frozen Packages index but could not be fetched "
+                f"with sha256 {sha256[:SHORT_ID]}: {failure}",
+                "add a mirror or snapshot URL that still has it to the upstream's urls",
+            )
 
     async def _lookup(self, manifest_id: str, upstream: str, path: str) -> PinnedFile | None:
         found = (await self._files(manifest_id)).get((upstream, path))

@@ -15,9 +15,11 @@ import pytest
 from apt import AptRoot
 from archive_fixture import Archive, build_test_archive, point_release
 from debcache_server import DebcacheServer
-from fake_mirror import FakeMirror
+from fake_mirror import FakeMirror, Fault
 from http_client import get
 from workflow import freeze_json, keyed_debcache_for, record_install, run
+
+from debcache.config import Branch
 
 PACKAGES = ("hello", "tool++", "bigpkg")
 INSTALLER_FILES = (
@@ -280,3 +282,54 @@ def test_bad_promotes_and_rollbacks_change_nothing(
     assert corrupt.exit_code == 1 and "missing or corrupt" in corrupt.output
     branches = json.loads(run(cache, "branches", "--json").output)
     assert [b["name"] for b in branches] == ["b1"]
+
+
+@pytest.fixture
+def filling_cache(tmp_path: Path, own_mirror: FakeMirror, own_archive: Archive):
+    """debcache whose branch `fill-me` has fill = "verified"."""
+    server = keyed_debcache_for(
+        tmp_path, own_mirror, own_archive, branches={"fill-me": Branch("fill-me", fill="verified")}
+    )
+    yield server
+    server.stop()
+
+
+def test_a_verified_fill_branch_serves_what_the_frozen_index_vouches_for(
+    filling_cache: DebcacheServer, own_archive: Archive, own_mirror: FakeMirror, tmp_path: Path
+) -> None:
+    cache = filling_cache
+    record_install(cache, AptRoot(tmp_path / "a"), own_archive, own_mirror, "small", "hello")
+    first = freeze_and_promote(cache, "small", "fill-me")
+    tool = own_archive.pool_path("tool++", "1.0~rc1+dfsg-1")
+    bigpkg = own_archive.pool_path("bigpkg")
+
+    # Not in the manifest, but in its frozen Packages: fetched, checked, served, recorded.
+    own_mirror.set_fault(f"/debian/{bigpkg}", Fault.corrupt())
+    apt = AptRoot(tmp_path / "b")
+    pinned = install_from(apt, pinned_sources(cache, own_archive, "fill-me"), "hello", "tool++")
+    assert own_archive.read(tool) in pinned.values()
+    assert get(cache.url, f"/pin/fill-me/debian/{bigpkg}").status == 502  # wrong bytes: refused
+    assert own_archive.read(bigpkg) not in cache.blobs().values()
+
+    rows = cache.wait_for_fetches(2, recording="fill-me")
+    assert tool in {r["path"] for r in rows}
+    refrozen = freeze_json(cache, "fill-me", "small", "--promote", "fill-me")
+    assert refrozen["id"] != first
+    paths = {
+        e["path"]
+        for e in json.loads(run(cache, "manifests", "show", refrozen["id"][:12], "--json").output)[
+            "entries"
+        ]
+    }
+    assert tool in paths and bigpkg not in paths
+
+
+def test_a_strict_branch_never_fetches(
+    cache: DebcacheServer, own_archive: Archive, own_mirror: FakeMirror, tmp_path: Path
+) -> None:
+    record_install(cache, AptRoot(tmp_path / "a"), own_archive, own_mirror, "small", "hello")
+    freeze_and_promote(cache, "small", "strict")
+    before = len(own_mirror.requests)
+    tool = own_archive.pool_path("tool++", "1.0~rc1+dfsg-1")
+    assert get(cache.url, f"/pin/strict/debian/{tool}").status == 404
+    assert len(own_mirror.requests) == before

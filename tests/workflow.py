@@ -6,6 +6,7 @@ Everything runs for real: apt-get with isolated state through debcache, and the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from debcache.cli import cli
 
 
 def keyed_debcache_for(
-    tmp_path: Path, mirror: FakeMirror, archive: Archive, **options
+    tmp_path: Path, mirror: FakeMirror, archive: Archive, branches: dict | None = None
 ) -> DebcacheServer:
     """A started debcache whose `debian` upstream trusts the archive's key; has .config_file."""
     config = make_config(
@@ -27,8 +28,8 @@ def keyed_debcache_for(
         {"debian": [f"{mirror.url}/debian"]},
         keyring=archive.key.keyring,
         coalesce_window=0,
-        **options,
     )
+    config = dataclasses.replace(config, branches=branches or {})
     server = DebcacheServer(config)
     server.config_file = write_config_file(config, tmp_path / "debcache.toml")
     return server.start()

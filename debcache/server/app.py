@@ -52,7 +52,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     downloads = Downloads(store)
     cache = LiveCache(store, database, downloads, UpstreamClient(session))
     await cache.load()
-    pinned = PinnedFiles(config, database, store)
+    pinned = PinnedFiles(config, database, store, session)
     app[CACHE], app[FETCH_LOG], app[PINNED] = cache, FetchLog(database), pinned
     try:
         yield

@@ -15,7 +15,7 @@ from aiohttp import web
 from ..archive import parse_archive_path
 from ..branches import check_branch_name
 from ..config import NAME_PATTERN
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, DebcacheError, NotFound
 from ..pinned import PinnedFile
 from .keys import FETCH_LOG, PINNED
 from .responses import IMMUTABLE, archive_headers, send_blob
@@ -30,7 +30,7 @@ async def serve_pinned(request: web.Request) -> web.StreamResponse:
     branch = check_branch_name(branch_text)
     pinned = request.app[PINNED]
     return await _serve(
-        request, upstream, path, pinned.resolve_pinned(branch, upstream, path), PIN_MAX_AGE
+        request, upstream, path, pinned.resolve_pinned(branch, upstream, path), PIN_MAX_AGE, branch
     )
 
 
@@ -66,6 +66,7 @@ async def _serve(
     path: str,
     resolving: Awaitable[PinnedFile],
     cache_control: str,
+    branch: str | None = None,
 ) -> web.StreamResponse:
     fetch_log = request.app[FETCH_LOG]
     record = fetch_log.begin(request.remote, None, upstream, path, request.method)
@@ -73,12 +74,35 @@ async def _serve(
     try:
         found: PinnedFile = await resolving
         record.sha256, record.size = found.sha256, found.size
-        headers = archive_headers(path, "pinned", cache_control)
+        if found.filled and branch:
+            # Recorded under the branch's name, with what authenticates it, so that
+            # `debcache freeze BRANCH` can take the file into the next manifest.
+            record.recording, record.source = branch, "filled"
+            await _record_authenticating_indices(request, branch, found.manifest_id, upstream)
+        headers = archive_headers(path, record.source, cache_control)
         headers[MANIFEST_HEADER] = found.manifest_id
         blob = request.app[PINNED].store.local_path(found.sha256)
         return await send_blob(request, blob, headers, record)
-    except (NotFound, BadRequest) as exc:
+    except DebcacheError as exc:
         record.status = exc.status
         raise
     finally:
         fetch_log.finish(record)
+
+
+async def _record_authenticating_indices(
+    request: web.Request, branch: str, manifest_id: str, upstream: str
+) -> None:
+    pinned, fetch_log = request.app[PINNED], request.app[FETCH_LOG]
+    if not pinned.first_fill(branch, manifest_id, upstream):
+        return
+    for path, sha256, size in await pinned.authenticating_entries(manifest_id, upstream):
+        row = fetch_log.begin(request.remote, branch, upstream, path, "GET")
+        row.status, row.sha256, row.size, row.source, row.complete = (
+            200,
+            sha256,
+            size,
+            "filled",
+            True,
+        )
+        fetch_log.finish(row)
