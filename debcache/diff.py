@@ -150,7 +150,11 @@ def _date(manifest: Manifest, upstream: str, suite: str) -> str | None:
 
 
 def load_side(config: Config, db: sqlite_utils.Database, store: FileStore, name: str) -> Side:
-    """A manifest id or prefix, or a recording; in that order of lookup."""
+    """A branch, a manifest id or prefix, or a recording; in that order of lookup."""
+    branch = queries.branch_row(db, name)
+    if branch is not None:
+        manifest = load_manifest(db, branch["manifest_id"])
+        return Side(name, f"branch {name} (manifest {manifest.short_id})", manifest)
     if re.fullmatch(r"[0-9a-fA-F]{4,64}", name) and queries.manifest_ids_with_prefix(db, name):
         manifest = load_manifest(db, resolve_manifest_id(db, name))
         return Side(name, f"manifest {manifest.short_id}", manifest)
@@ -159,6 +163,7 @@ def load_side(config: Config, db: sqlite_utils.Database, store: FileStore, name:
         manifest = plan_manifest(config, db, store, [name], allow_unverified=True)
         return Side(name, f"recording {name} (as it would freeze)", manifest)
     candidates = recordings | {row["id"][:SHORT_ID] for row in queries.manifest_rows(db)}
+    candidates |= {row["name"] for row in queries.branch_rows(db)}
     raise NotFound(
         f"{name!r} is no manifest, branch or recording{near_matches(name, candidates)}",
         "list them with `debcache manifests`, `debcache branches` or `debcache recordings`",

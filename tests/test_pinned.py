@@ -126,7 +126,10 @@ def test_diff_names_exactly_what_the_point_release_changed(
     assert "changed  hello" in text.output and "2.10-3 → 2.10-3+deb12u1" in text.output
     assert run(cache, "diff", before[:12], after[:12], "--exit-code").exit_code == 1
     assert run(cache, "diff", before[:12], before[:12], "--exit-code").exit_code == 0
-    # A recording and a manifest compare the same way.
+    # A branch, a recording and a manifest compare the same way.
+    assert run(cache, "promote", "b1", before[:12]).exit_code == 0
+    by_branch = json.loads(run(cache, "diff", "b1", after[:12], "--json").output)
+    assert by_branch["suites"] == document["suites"]
     assert run(cache, "diff", "before", after[:12], "--json").output == result.output.replace(
         f'"name": "{before[:12]}"', '"name": "before"'
     )
