@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
@@ -23,6 +25,7 @@ import sqlite_utils
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 512
+BUSY_RETRIES = 8
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cached (
@@ -175,24 +178,49 @@ class Database:
     def _run_batch(self, db: sqlite_utils.Database, batch: list) -> None:
         # A future cancelled meanwhile (its awaiter went away at shutdown) is skipped.
         batch = [job for job in batch if job[2].set_running_or_notify_cancel()]
-        results = []
-        try:
-            with db.conn:  # one transaction, one commit for the whole group
-                for fn, args, future in batch:
-                    try:
-                        results.append((future, fn(db, *args), None))
-                    except sqlite3.Error:
-                        raise
-                    except Exception as exc:  # a bug in one job must not lose the others
-                        results.append((future, None, exc))
-        except sqlite3.Error as exc:
-            log.exception("database write failed")
-            results = [(future, None, exc) for _, _, future in batch]
-        for future, result, exc in results:
-            if exc is None:
+        if not batch:
+            return
+        failure: Exception | None = None
+        for attempt in range(BUSY_RETRIES):
+            try:
+                results = self._run_in_one_transaction(db, batch)
+                break
+            except sqlite3.Error as exc:
+                # Busy or locked past the busy timeout (a long CLI transaction), or the
+                # disk is full: wait and retry the whole group rather than lose rows.
+                failure = exc
+                log.warning("database write failed (%s), attempt %d", exc, attempt + 1)
+                time.sleep(min(0.1 * 2**attempt, 5.0))
+        else:
+            results = [(future, None, failure) for _, _, future in batch]
+        for future, result, error in results:
+            if error is None:
                 future.set_result(result)
             else:
-                future.set_exception(exc)
+                future.set_exception(error)
+
+    @staticmethod
+    def _run_in_one_transaction(db: sqlite_utils.Database, batch: list) -> list:
+        """One transaction, one commit; each job in a savepoint, so one bad job spoils none."""
+        results = []
+        with db.atomic():
+            for fn, args, future in batch:
+                try:
+                    with db.atomic():
+                        results.append((future, fn(db, *args), None))
+                except sqlite3.Error as exc:
+                    if is_transient(exc):
+                        raise  # busy, locked, full: the whole group is retried
+                    results.append((future, None, exc))
+                except Exception as exc:
+                    results.append((future, None, exc))
+        return results
+
+
+def is_transient(error: sqlite3.Error) -> bool:
+    """Busy, locked, full or I/O: worth retrying later, unlike a bad statement."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR"))
 
 
 # --- queries ----------------------------------------------------------------------
@@ -224,8 +252,19 @@ def pool_hash(db: sqlite_utils.Database, upstream: str, path: str) -> tuple[str,
     return (row[0], row[1]) if row else None
 
 
+FETCH_COLUMNS = (
+    "time", "client", "recording", "upstream", "path", "method", "status", "sha256", "size",
+    "source", "duration", "complete",
+)  # fmt: skip
+INSERT_FETCH = (
+    f"INSERT INTO fetches ({', '.join(FETCH_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in FETCH_COLUMNS)})"
+)
+
+
 def insert_fetch(db: sqlite_utils.Database, row: dict) -> None:
-    db["fetches"].insert(row)
+    # A prepared statement: this runs for every request served.
+    db.conn.execute(INSERT_FETCH, row)
 
 
 def recorded_files(db: sqlite_utils.Database, recordings: list[str]) -> list[dict]:
@@ -324,9 +363,13 @@ def set_branch(
     with db.conn:
         db.conn.execute("BEGIN IMMEDIATE")  # concurrent promotes of one branch serialize here
         row = db.conn.execute(
-            "SELECT manifest_id FROM branches WHERE name = ?", [branch]
+            "SELECT manifest_id, changed FROM branches WHERE name = ?", [branch]
         ).fetchone()
         previous = row[0] if row else None
+        # Pinned paths are dated by the branch's last change, in whole seconds as HTTP
+        # dates are: each change gets a second of its own, so a client holding the
+        # state before it never gets a 304.
+        now = max(math.ceil(now), math.ceil(row[1]) + 1) if row else math.ceil(now)
         db.conn.execute(
             """INSERT INTO branches (name, manifest_id, previous_id, changed, note)
             VALUES (?, ?, ?, ?, ?)

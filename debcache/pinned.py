@@ -12,6 +12,7 @@ matches the frozen index.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class PinnedFile:
     size: int
     manifest_id: str
     filled: bool = False  # fetched by fill = "verified", not in the manifest
+    last_modified: float = 0.0  # for If-Modified-Since: when this path last changed here
 
 
 class PinnedFiles:
@@ -95,10 +97,13 @@ class PinnedFiles:
                 "record an install that fetches it (http://NAME@cache:3142/ as its proxy), then "
                 f"`debcache freeze NAME --promote {branch}`",
             )
-        return found
+        # A promote or rollback may put older content under the same path, so a pinned
+        # path is dated by the branch's last change (each change has a second of its own).
+        return dataclasses.replace(found, last_modified=row["changed"])
 
     async def resolve_manifest(self, manifest_id: str, upstream: str, path: str) -> PinnedFile:
-        if queries.manifest_row(self._loop_db, manifest_id) is None:
+        manifest = queries.manifest_row(self._loop_db, manifest_id)
+        if manifest is None:
             raise NotFound(
                 f"no manifest {manifest_id}", "list them with `debcache manifests` (full ids only)"
             )
@@ -108,7 +113,7 @@ class PinnedFiles:
                 f"{upstream}/{path} is not in manifest {manifest_id[:SHORT_ID]}",
                 "manifests never change; freeze a new one that includes it",
             )
-        return found
+        return dataclasses.replace(found, last_modified=manifest["created"])
 
     def _in_grace(self, branch: str, changed: float) -> bool:
         options = self.config.branches.get(branch)

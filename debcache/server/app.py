@@ -22,7 +22,7 @@ from ..store import FileStore
 from ..upstream import UpstreamClient, create_session
 from . import admin
 from .keys import CACHE, CONFIG, FETCH_LOG, PINNED
-from .live import is_absolute_form, serve_live
+from .live import addressed_to_this_server, forwarded_upstream, is_absolute_form, serve_live
 from .pinned import serve_manifest, serve_pinned
 from .responses import SOURCE_HEADER
 
@@ -90,6 +90,11 @@ async def forward_proxy_middleware(request: web.Request, handler: Handler) -> we
     if is_absolute_form(request):
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed(f"debcache proxies GET and HEAD only, not {request.method}")
+        config = request.app[CONFIG]
+        if forwarded_upstream(request, config) is None and addressed_to_this_server(request):
+            # A client with debcache as its proxy asking for debcache's own URLs (/pin/,
+            # /record/...): serve it as the origin-form request it amounts to.
+            return await handler(request.clone(rel_url=request.rel_url))
         return await serve_live(request)
     return await handler(request)
 

@@ -6,16 +6,18 @@ ask the live cache where the body comes from, write the response, then log it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from ..archive import parse_archive_path
 from ..cache import FromStore, Outcome, PassedOn, Streaming
 from ..config import Config, Upstream
-from ..errors import DebcacheError, Forbidden, NotFound
+from ..errors import DebcacheError, Forbidden, NotFound, UpstreamUnavailable
+from ..inflight import http_date_timestamp
 from ..recording import FetchRecord, check_recording_name, recording_from_credentials
 from .keys import CACHE, CONFIG, FETCH_LOG
 from .responses import SOURCE_HEADER, archive_headers, send_blob
@@ -83,8 +85,30 @@ def _upstream_named(config: Config, name: str) -> Upstream:
 
 
 def _forward_proxy_target(request: web.Request, config: Config) -> Target:
-    host = (request.url.host or "").lower()
-    port = request.url.explicit_port
+    matched = forwarded_upstream(request, config)
+    if matched is None:
+        host, port = (request.url.host or "").lower(), request.url.explicit_port
+        authority = f"{host}:{port}" if port else host
+        raise Forbidden(
+            f"debcache forwards only to its configured archives; "
+            f"{authority}{request.rel_url.raw_path} is in none",
+            "add the host to proxy_hosts of an upstream, or use http://cache:3142/UPSTREAM/ "
+            "as the mirror URL",
+        )
+    upstream, rest = matched
+    # Only the proxy credentials name a recording here: Authorization is meant for the
+    # origin (apt's auth.conf), and its login is no recording name.
+    recording = _recording_from_headers(request, "Proxy-Authorization")
+    return Target(upstream, parse_archive_path(rest), recording)
+
+
+def forwarded_upstream(request: web.BaseRequest, config: Config) -> tuple[Upstream, str] | None:
+    """The upstream an absolute URI belongs to, and the raw rest of its path.
+
+    Its host (and port) must be one of the upstream's proxy_hosts and its base path a
+    prefix of the path in whole segments; the longest base path wins.
+    """
+    host, port = (request.url.host or "").lower(), request.url.explicit_port
     raw = request.rel_url.raw_path
     best: tuple[int, Upstream, str] | None = None
     for upstream in config.upstreams.values():
@@ -94,16 +118,13 @@ def _forward_proxy_target(request: web.Request, config: Config) -> Target:
             is_prefix = raw == base_path or raw.startswith(base_path + "/")
             if is_prefix and (best is None or len(base_path) > best[0]):
                 best = (len(base_path), upstream, raw[len(base_path) + 1 :])
-    if best is None:
-        authority = f"{host}:{port}" if port else host
-        raise Forbidden(
-            f"debcache forwards only to its configured archives; {authority}{raw} is in none",
-            "add the host to proxy_hosts of an upstream, or use http://cache:3142/UPSTREAM/ "
-            "as the mirror URL",
-        )
-    _, upstream, rest = best
-    recording = _recording_from_headers(request, "Proxy-Authorization", "Authorization")
-    return Target(upstream, parse_archive_path(rest), recording)
+    return (best[1], best[2]) if best else None
+
+
+def addressed_to_this_server(request: web.BaseRequest) -> bool:
+    """An absolute URI whose port is the one this request arrived on: debcache itself."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return bool(sockname) and (request.url.explicit_port or 80) == sockname[1]
 
 
 def proxy_host_matches(entry: str, host: str, port: int | None) -> bool:
@@ -147,13 +168,23 @@ async def _send_blob(
         headers["Warning"] = '111 debcache "Revalidation Failed"'
         log.warning("serving a stale %s/%s: %s", target.upstream.name, target.path, outcome.warning)
     record.sha256, record.size = outcome.file.sha256, outcome.file.size
-    return await send_blob(request, outcome.blob, headers, record)
+    file = outcome.file
+    last_modified = http_date_timestamp(file.last_modified) or file.fetched_at
+    return await send_blob(request, outcome.blob, headers, record, last_modified)
 
 
 async def _send_download(
     request: web.Request, target: Target, outcome: Streaming, record: FetchRecord
 ) -> web.StreamResponse:
     download = outcome.download
+    if download.content_length is None and request.version < HttpVersion11:
+        # HTTP/1.0 has no chunked encoding: the end of the body would be the end of the
+        # connection, which could not tell a failed check. Send it whole once verified.
+        await download.finished.wait()
+        stored = request.app[CACHE].lookup(target.upstream.name, target.path)
+        if download.error is not None or stored is None:
+            raise download.error or UpstreamUnavailable(f"the download of {target.path} failed")
+        return await _send_blob(request, target, FromStore(*stored, outcome.source), record)
     headers = archive_headers(target.path, outcome.source)
     if download.last_modified:
         headers["Last-Modified"] = download.last_modified
@@ -165,17 +196,22 @@ async def _send_download(
     try:
         await response.prepare(request)
         if request.method != "HEAD":
-            async for chunk in download.chunks():
-                await response.write(chunk)
+            async with contextlib.aclosing(download.chunks()) as chunks:
+                async for chunk in chunks:
+                    await response.write(chunk)
         await response.write_eof()
-    except DebcacheError as exc:
+    except ConnectionError:
+        return response
+    except Exception as exc:
         # Headers and most of the body are gone already: end the connection short so
-        # the client sees a failed transfer, never a complete-looking 200.
-        record.status = exc.status
+        # the client sees a failed transfer, never a complete-looking 200 nor a second
+        # response written into this one's body.
+        if isinstance(exc, DebcacheError):
+            record.status = exc.status
+        else:
+            log.exception("streaming %s/%s failed", target.upstream.name, target.path)
         if request.transport is not None:
             request.transport.close()
-        return response
-    except ConnectionError:
         return response
     record.status, record.complete = response.status, True
     if download.result is not None:

@@ -82,7 +82,7 @@ async def _serve(
         headers = archive_headers(path, record.source, cache_control)
         headers[MANIFEST_HEADER] = found.manifest_id
         blob = request.app[PINNED].store.local_path(found.sha256)
-        return await send_blob(request, blob, headers, record)
+        return await send_blob(request, blob, headers, record, found.last_modified)
     except DebcacheError as exc:
         record.status = exc.status
         raise
