@@ -36,6 +36,7 @@ from .store import FileStore
 from .upstream import UpstreamClient, Validators, read_limited
 
 log = logging.getLogger(__name__)
+INDEXING_WAIT = 10.0  # seconds a pool miss waits for a Packages index being read
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,8 @@ class LiveCache:
         self, upstream: Upstream, path: str, cached: tuple[CachedFile, Path] | None
     ) -> object:
         validators = Validators(cached[0].last_modified, cached[0].etag) if cached else None
+        # Looked up first: the upstream connection must not idle while indexing finishes.
+        expected = await self.expected_content(upstream.name, path)
         response = await self.client.get(upstream, path, validators)
         if response.status == 304 and cached:
             response.release()
@@ -150,7 +153,6 @@ class LiveCache:
             response.release()
             return PassedOn(response.status, body, response.content_type or "text/plain")
         try:
-            expected = await self.expected_content(upstream.name, path)
             temp = self.store.create_temp()
         except BaseException:
             response.release()
@@ -164,8 +166,11 @@ class LiveCache:
         if digest:
             return ExpectedContent(digest, None, "its by-hash name")
         if classify_path(path).immutable:
-            # A .deb asked for right after its Packages arrived is checked against it too.
-            await asyncio.gather(*self._indexing.get(upstream, ()), return_exceptions=True)
+            # A .deb asked for right after its Packages arrived is checked against it too,
+            # if indexing finishes in reasonable time (a huge index must not stall installs).
+            pending = self._indexing.get(upstream, set())
+            if pending:
+                await asyncio.wait(list(pending), timeout=INDEXING_WAIT)
             listed = await self.database.read(queries.pool_hash, upstream, path)
             if listed:
                 return ExpectedContent(
@@ -181,6 +186,7 @@ class LiveCache:
         self._files[(upstream, path)] = file
         self._validated_at[(upstream, path)] = asyncio.get_running_loop().time()
         self.database.write_soon(queries.upsert_cached, asdict(file))
+        self.downloads.spawn(asyncio.to_thread(self.store.sync_directory, blob.parent))
         if is_packages_index(path):
             task = self.downloads.spawn(self._index_packages(upstream, path, blob))
             pending = self._indexing.setdefault(upstream, set())

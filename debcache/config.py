@@ -196,6 +196,13 @@ def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
             raise section.error("urls", f"{url!r} {reason}", "use an http:// or https:// URL")
     keyring = section.get("keyring", str, str(DEBIAN_ARCHIVE_KEYRING))
     hosts = section.strings("proxy_hosts", [host_of(u) for u in urls])
+    for host in hosts:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?", host):
+            raise section.error(
+                "proxy_hosts",
+                f"{host!r} is not HOST or HOST:PORT",
+                'write e.g. "mirror.example.org"',
+            )
     timeout = section.get("timeout", (int, float), DEFAULT_TIMEOUT)
     if timeout <= 0:
         raise section.error("timeout", "must be positive", "give the seconds, e.g. 30")

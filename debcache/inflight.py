@@ -141,6 +141,8 @@ class Download:
                 safe = self._safe_to_send()
                 if offset < safe:
                     data = os.pread(fd, min(CHUNK_SIZE, safe - offset), offset)
+                    if not data:  # the file is shorter than what was written: never spin
+                        raise CorruptDownload(f"{self.key[1]}: the downloaded file shrank")
                     offset += len(data)
                     yield data
                 elif self.done:

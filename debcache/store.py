@@ -60,9 +60,9 @@ class FileStore:
         A blob that exists already is left untouched: its bytes are the same by name.
         """
         final = self.local_path(sha256)
-        if final.exists():
+        if final.exists() and final.stat().st_size == temp.stat().st_size:
             temp.unlink(missing_ok=True)
-            return final
+            return final  # the same bytes by name (a truncated blob would be replaced)
         final.parent.mkdir(exist_ok=True)
         if mtime is not None:
             # Last-Modified of hits comes from the blob's mtime: keep the upstream's.
@@ -70,6 +70,15 @@ class FileStore:
         os.chmod(temp, 0o644)
         os.replace(temp, final)
         return final
+
+    @staticmethod
+    def sync_directory(directory: Path) -> None:
+        """Make a rename in `directory` survive a power loss (it may block: use a thread)."""
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def delete(self, sha256: str) -> None:
         self.local_path(sha256).unlink(missing_ok=True)

@@ -155,7 +155,8 @@ async def download_blob(
                     f"{url}: got sha256 {digest[:12]} ({received} bytes), not {sha256[:12]}"
                 )
                 continue
-            store.commit(temp, sha256)
+            blob = store.commit(temp, sha256)
+            await asyncio.to_thread(store.sync_directory, blob.parent)
             return None
         except (aiohttp.ClientError, TimeoutError) as exc:
             failures.append(f"{url}: {describe_failure(exc)}")

@@ -231,3 +231,13 @@ def test_the_example_config_in_the_repository_is_valid() -> None:
     config = load_config(Path(__file__).parent.parent / "etc" / "debcache.toml")
     assert set(config.upstreams) == {"debian", "debian-security"}
     assert all("example.org" in url for u in config.upstreams.values() for url in u.urls)
+
+
+def test_proxy_hosts_must_be_host_or_host_port(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[upstreams.debian]\nurls = ["http://mirror.example.org/debian"]\n'
+        'proxy_hosts = ["mirror.example.org:abc"]\n'
+    )
+    result = CliRunner().invoke(cli, ["--config", str(path), "serve"])
+    assert result.exit_code == 1 and "upstreams.debian.proxy_hosts" in result.output

@@ -137,6 +137,7 @@ async def run_server(
         access_log_class=AccessLogger,
         access_log=logging.getLogger("debcache.access"),
         handle_signals=False,
+        shutdown_timeout=5,  # a client that stopped reading must not hold up a restart
     )
     await runner.setup()
     try:
