@@ -31,6 +31,7 @@ from .manifest import (
     parse_lockfile,
     resolve_manifest_id,
 )
+from .resign import export_public_key
 from .store import FileStore
 
 
@@ -527,6 +528,27 @@ def log_command(config: Config, branch: str, as_json: bool) -> None:
             for r in rows
         ],
     )
+
+
+# --- debcache's key -----------------------------------------------------------------
+
+
+@cli.group("key")
+def key_group() -> None:
+    """debcache's own archive signing key (for branches with resign = true)."""
+
+
+@key_group.command("export")
+@click.option("--armor", is_flag=True, help="ASCII-armoured instead of binary.")
+@pass_config
+def key_export(config: Config, armor: bool) -> None:
+    """Print the public key; generated on first use.
+
+    \b
+    Example (apt's signed-by, or a d-i initrd's keyring):
+        debcache key export > /usr/share/keyrings/debcache-archive-keyring.gpg
+    """
+    click.get_binary_stream("stdout").write(export_public_key(config.data_dir, armor))
 
 
 # --- diff -----------------------------------------------------------------------------

@@ -195,6 +195,12 @@ def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
         if reason:
             raise section.error("urls", f"{url!r} {reason}", "use an http:// or https:// URL")
     keyring = section.get("keyring", str, str(DEBIAN_ARCHIVE_KEYRING))
+    if not Path(keyring).is_file():
+        raise section.error(
+            "keyring",
+            f"{keyring} does not exist",
+            "give the archive's keyring file (as for apt's signed-by)",
+        )
     hosts = section.strings("proxy_hosts", [host_of(u) for u in urls])
     for host in hosts:
         if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?", host):

@@ -101,6 +101,15 @@ CREATE TABLE IF NOT EXISTS branch_history (
     note TEXT
 );
 CREATE INDEX IF NOT EXISTS branch_history_by_branch ON branch_history (branch, id);
+CREATE TABLE IF NOT EXISTS resigned (
+    manifest_id TEXT NOT NULL,
+    upstream TEXT NOT NULL,
+    suite TEXT NOT NULL,
+    name TEXT NOT NULL,          -- InRelease, Release or Release.gpg, signed by debcache
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (manifest_id, upstream, suite, name)
+);
 """
 
 
@@ -406,6 +415,25 @@ def branch_history(db: sqlite_utils.Database, branch: str, limit: int = 1000) ->
             "SELECT * FROM branch_history WHERE branch = ? ORDER BY id DESC LIMIT ?",
             [branch, limit],
         )
+    )
+
+
+def resigned_files(
+    db: sqlite_utils.Database, manifest_id: str, upstream: str, suite: str
+) -> dict[str, tuple[str, int]]:
+    rows = db.execute(
+        """SELECT name, sha256, size FROM resigned
+        WHERE manifest_id = ? AND upstream = ? AND suite = ?""",
+        [manifest_id, upstream, suite],
+    ).fetchall()
+    return {name: (sha256, size) for name, sha256, size in rows}
+
+
+def insert_resigned(db: sqlite_utils.Database, rows: list[dict]) -> None:
+    db.conn.executemany(
+        """INSERT OR IGNORE INTO resigned (manifest_id, upstream, suite, name, sha256, size)
+        VALUES (:manifest_id, :upstream, :suite, :name, :sha256, :size)""",
+        rows,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,17 +23,22 @@ import sqlite_utils
 
 from . import db as queries
 from .archive import (
+    RELEASE_NAMES,
     PathKind,
     by_hash_sha256,
     classify_path,
     is_packages_index,
     packages_pool_entries,
+    suite_of,
+    verify_signature,
 )
 from .archive import upstream_url as url_of
 from .config import Config
 from .db import Database
 from .errors import NotFound, UpstreamUnavailable
+from .inflight import http_date_timestamp
 from .manifest import SHORT_ID
+from .resign import resign_release
 from .store import FileStore
 from .upstream import download_blob
 
@@ -47,6 +53,7 @@ class PinnedFile:
     manifest_id: str
     filled: bool = False  # fetched by fill = "verified", not in the manifest
     last_modified: float = 0.0  # for If-Modified-Since: when this path last changed here
+    warning: str | None = None  # e.g. an expired Release served as frozen
 
 
 class PinnedFiles:
@@ -68,6 +75,7 @@ class PinnedFiles:
         self._frozen_pools: OrderedDict[str, dict[tuple[str, str], tuple[str, int]]] = OrderedDict()
         self._filling: dict[str, asyncio.Future] = {}  # sha256 -> its download
         self._filled_from: set[tuple[str, str, str]] = set()  # (branch, manifest, upstream)
+        self._resigning: dict[tuple[str, str, str], asyncio.Future] = {}
 
     def close(self) -> None:
         for download in self._filling.values():
@@ -83,12 +91,16 @@ class PinnedFiles:
                 "promote a manifest to it with `debcache promote BRANCH MANIFEST`",
             )
         current = row["manifest_id"]
+        options = self.config.branches.get(branch)
+        located = suite_of(path)
+        if options and options.resign and located and located[1] in RELEASE_NAMES:
+            found = await self._resigned(current, upstream, located[0], located[1])
+            return dataclasses.replace(found, last_modified=row["changed"])
         found = await self._lookup(current, upstream, path)
         if found is None and row["previous_id"] and self._in_grace(branch, row["changed"]):
             found = await self._lookup(row["previous_id"], upstream, path)
         if found is None and by_hash_sha256(path):
             found = await self._by_hash_in_history(branch, upstream, path)
-        options = self.config.branches.get(branch)
         if found is None and options and options.fill == "verified":
             found = await self._fill(current, upstream, path)
         if found is None:
@@ -99,7 +111,26 @@ class PinnedFiles:
             )
         # A promote or rollback may put older content under the same path, so a pinned
         # path is dated by the branch's last change (each change has a second of its own).
-        return dataclasses.replace(found, last_modified=row["changed"])
+        warning = None
+        if located and located[1] in RELEASE_NAMES:
+            warning = self._expiry_warning(branch, found.manifest_id, upstream, located[0])
+        return dataclasses.replace(found, last_modified=row["changed"], warning=warning)
+
+    def _expiry_warning(
+        self, branch: str, manifest_id: str, upstream: str, suite: str
+    ) -> str | None:
+        """Why apt will refuse this frozen Release, and the remedies, if it has expired."""
+        row = queries.manifest_row(self._loop_db, manifest_id)
+        releases = json.loads(row["releases"]) if row else {}
+        valid_until = releases.get(f"{upstream} {suite}", {}).get("valid_until")
+        expires = http_date_timestamp(valid_until)
+        if expires is None or expires > time.time():
+            return None
+        return (
+            f"branch {branch} serves the Release of {upstream} {suite} frozen in manifest "
+            f"{manifest_id[:SHORT_ID]}, which expired on {valid_until}: apt refuses it unless "
+            f"the source has [check-valid-until=no]; or set resign = true in [branches.{branch}]"
+        )
 
     async def resolve_manifest(self, manifest_id: str, upstream: str, path: str) -> PinnedFile:
         manifest = queries.manifest_row(self._loop_db, manifest_id)
@@ -140,6 +171,64 @@ class PinnedFiles:
             for (entry_upstream, path), (sha256, size) in sorted(files.items())
             if entry_upstream == upstream and path.startswith("dists/")
         ]
+
+    async def _resigned(self, manifest_id: str, upstream: str, suite: str, name: str) -> PinnedFile:
+        """The suite's Release re-signed by debcache; made once per manifest, then stored."""
+        made = await self.database.read(queries.resigned_files, manifest_id, upstream, suite)
+        if not made:
+            key = (manifest_id, upstream, suite)
+            if key not in self._resigning:
+                self._resigning[key] = asyncio.ensure_future(
+                    self._make_resigned(manifest_id, upstream, suite)
+                )
+                self._resigning[key].add_done_callback(lambda _: self._resigning.pop(key, None))
+            made = await asyncio.shield(self._resigning[key])
+        if name not in made:
+            raise NotFound(
+                f"manifest {manifest_id[:SHORT_ID]} has no Release for {upstream} {suite}",
+                "freeze a recording that fetched dists/SUITE/InRelease",
+            )
+        return PinnedFile(made[name][0], made[name][1], manifest_id)
+
+    async def _make_resigned(
+        self, manifest_id: str, upstream: str, suite: str
+    ) -> dict[str, tuple[str, int]]:
+        files = await self._files(manifest_id)
+        prefix = f"dists/{suite}/"
+        in_release, release = (
+            files.get((upstream, prefix + "InRelease")),
+            files.get((upstream, prefix + "Release")),
+        )
+        if in_release is None and release is None:
+            return {}
+        keyring = (
+            self.config.upstreams[upstream].keyring if upstream in self.config.upstreams else None
+        )
+
+        def make() -> dict[str, tuple[str, int]]:
+            if release is not None:  # verified against Release.gpg when it was frozen
+                text = self.store.local_path(release[0]).read_bytes()
+            elif keyring is None:
+                raise NotFound(
+                    f"no keyring for upstream {upstream} to read its frozen InRelease",
+                    f"configure [upstreams.{upstream}] keyring",
+                )
+            else:
+                text = verify_signature(keyring, self.store.local_path(in_release[0]))
+            signed = resign_release(self.config.data_dir, text)
+            return {
+                name: (self.store.put(content)[0], len(content))
+                for name, content in signed.by_name().items()
+            }
+
+        made = await asyncio.to_thread(make)
+        rows = [
+            {"manifest_id": manifest_id, "upstream": upstream, "suite": suite, "name": name,
+             "sha256": sha256, "size": size}
+            for name, (sha256, size) in made.items()
+        ]  # fmt: skip
+        await self.database.write(queries.insert_resigned, rows)
+        return made
 
     def first_fill(self, branch: str, manifest_id: str, upstream: str) -> bool:
         """True the first time (per server run) a branch fills from this manifest and upstream."""

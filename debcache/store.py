@@ -8,6 +8,7 @@ in `tmp/`, which `FileStore.open` sweeps away.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -70,6 +71,18 @@ class FileStore:
         os.chmod(temp, 0o644)
         os.replace(temp, final)
         return final
+
+    def put(self, content: bytes) -> tuple[str, Path]:
+        """Store bytes made here (not downloaded); (sha256, blob path)."""
+        sha256 = hashlib.sha256(content).hexdigest()
+        temp = self.create_temp()
+        with open(temp, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        blob = self.commit(temp, sha256)
+        self.sync_directory(blob.parent)
+        return sha256, blob
 
     @staticmethod
     def sync_directory(directory: Path) -> None:

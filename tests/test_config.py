@@ -241,3 +241,34 @@ def test_proxy_hosts_must_be_host_or_host_port(tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(cli, ["--config", str(path), "serve"])
     assert result.exit_code == 1 and "upstreams.debian.proxy_hosts" in result.output
+
+
+def test_a_missing_keyring_is_a_start_up_error(tmp_path: Path) -> None:
+    path = tmp_path / "debcache.toml"
+    path.write_text(
+        '[upstreams.debian]\nurls = ["http://mirror.example.org/debian"]\n'
+        f'keyring = "{tmp_path / "missing.gpg"}"\n'
+    )
+    result = CliRunner().invoke(cli, ["--config", str(path), "serve"])
+    assert result.exit_code == 1
+    assert "upstreams.debian.keyring" in result.output and "missing.gpg" in result.output
+
+
+def test_resign_without_gpg_fails_at_start_not_at_the_first_request(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "debcache.toml"
+    config.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\ndata_dir = "{tmp_path / "data"}"\n'
+        '[upstreams.debian]\nurls = ["http://127.0.0.1:9/debian"]\n'
+        "[branches.b1]\nresign = true\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "debcache", "--config", str(config), "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(tmp_path / "no-tools"), "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 1
+    assert "gpg is not installed" in result.stderr
+    assert "Traceback" not in result.stderr

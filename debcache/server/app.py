@@ -18,6 +18,7 @@ from ..errors import DebcacheError, MethodNotAllowed
 from ..inflight import Downloads
 from ..pinned import PinnedFiles
 from ..recording import FetchLog
+from ..resign import ensure_key
 from ..store import FileStore
 from ..upstream import UpstreamClient, create_session
 from . import admin
@@ -46,6 +47,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     """Open the store, the database and the upstream session; close them on shutdown."""
     config = app[CONFIG]
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    if any(branch.resign for branch in config.branches.values()):
+        await asyncio.to_thread(ensure_key, config.data_dir)  # fails now if gpg is missing
     store = FileStore(config.data_dir).open()
     database = Database(config.data_dir / "debcache.db").open()
     session = create_session()

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable
 from urllib.parse import unquote
@@ -20,6 +21,7 @@ from ..pinned import PinnedFile
 from .keys import FETCH_LOG, PINNED
 from .responses import IMMUTABLE, archive_headers, send_blob
 
+log = logging.getLogger(__name__)
 PIN_MAX_AGE = "public, max-age=10"  # short: a promote must reach HTTP caches soon
 MANIFEST_HEADER = "X-Debcache-Manifest"
 
@@ -81,6 +83,10 @@ async def _serve(
             await _record_authenticating_indices(request, branch, found.manifest_id, upstream)
         headers = archive_headers(path, record.source, cache_control)
         headers[MANIFEST_HEADER] = found.manifest_id
+        if found.warning:
+            log.warning("%s", found.warning)
+            headers["Warning"] = f'199 debcache "{found.warning}"'
+
         blob = request.app[PINNED].store.local_path(found.sha256)
         return await send_blob(request, blob, headers, record, found.last_modified)
     except DebcacheError as exc:
