@@ -110,5 +110,7 @@ def test_key_export_armor_is_the_same_key(cache: DebcacheServer, tmp_path: Path)
     assert armored.output.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
     binary = run(cache, "key", "export").stdout_bytes
     assert binary and binary[0] & 0x80  # an OpenPGP packet, not text
+    assert get(cache.url, "/_/key.gpg").body == binary
+    assert get(cache.url, "/_/key.asc").body.decode() == armored.output
     secret = cache.data_dir / "signing" / "secret-key.asc"
     assert secret.stat().st_mode & 0o777 == 0o600

@@ -37,6 +37,8 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app.cleanup_ctx.append(services)
     app.router.add_get("/_/health", admin.health)
+    app.router.add_get("/_/key.gpg", admin.public_key)
+    app.router.add_get("/_/key.asc", admin.public_key)
     app.router.add_get("/pin/{tail:.+}", serve_pinned)
     app.router.add_get("/manifest/{tail:.+}", serve_manifest)
     app.router.add_get("/{tail:.+}", serve_live)
