@@ -8,7 +8,6 @@ period, so an install that straddles a promote does not fail.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Callable
@@ -19,10 +18,9 @@ import sqlite_utils
 from . import db as queries
 from .errors import BadRequest, DebcacheError, NotFound
 from .manifest import SHORT_ID, Manifest, load_manifest, near_matches, resolve_manifest_id
-from .store import FileStore
+from .store import FileStore, file_sha256
 
 BRANCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-HASH_CHUNK = 1024 * 1024
 
 
 class BlobsMissing(DebcacheError):
@@ -121,11 +119,3 @@ def check_blobs_intact(
             f"({', '.join(problems[:5])})",
             "run `debcache verify`, or import the manifest again with `debcache manifests import`",
         )
-
-
-def file_sha256(path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from .branches import Change, check_branch_name, current_manifest_id, promote, r
 from .config import Config, load_config
 from .diff import diff, load_side
 from .errors import BadRequest, ConfigError, DebcacheError
+from .lifecycle import collect_garbage, verify_store
 from .manifest import (
     SHORT_ID,
     check_recordings_exist,
@@ -528,6 +530,72 @@ def log_command(config: Config, branch: str, as_json: bool) -> None:
             for r in rows
         ],
     )
+
+
+# --- store lifecycle ------------------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)i?[bB]?\s*", text)
+    if not match:
+        raise ConfigError(f"--max-size {text!r} is not a size", "write e.g. 50G, 800M or 0")
+    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}[match.group(2).lower()]
+    return int(float(match.group(1)) * scale)
+
+
+@cli.command("gc")
+@click.option(
+    "--max-size", required=True, metavar="SIZE", help="Evict until the store fits, e.g. 50G."
+)
+@click.option("--dry-run", is_flag=True, help="Only say what would go.")
+@json_option
+@pass_config
+def gc_command(config: Config, max_size: str, dry_run: bool, as_json: bool) -> None:
+    """Evict live-cache blobs, least recently used first; pinned manifests' blobs stay.
+
+    \b
+    Example:
+        debcache gc --max-size 50G --dry-run
+    """
+    database, store = open_state(config)
+    report = collect_garbage(database, store, parse_size(max_size), dry_run)
+    summary = {
+        "evicted": len(report.evicted),
+        "freed": report.freed,
+        "size_before": report.size_before,
+        "kept_protected": report.kept_protected,
+        "dry_run": dry_run,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    verb = "Would evict" if dry_run else "Evicted"
+    click.echo(
+        f"{verb} {len(report.evicted)} blobs, {size(report.freed)} of {size(report.size_before)}; "
+        f"{report.kept_protected} blobs of pinned manifests kept."
+    )
+
+
+@cli.command("verify")
+@json_option
+@pass_config
+def verify_command(config: Config, as_json: bool) -> None:
+    """Re-hash the store; quarantine corrupt blobs and fetch them again where possible."""
+    database, store = open_state(config)
+    count = sum(1 for _ in store.iterate())
+    with progress_bar(count, "Hashing") as progress:
+        report = verify_store(config, database, store, progress)
+    if as_json:
+        print_json(dataclasses.asdict(report))
+    else:
+        click.echo(
+            f"Checked {report.checked} blobs: {len(report.corrupt)} corrupt "
+            f"(moved to {config.data_dir / 'quarantine'}), {len(report.refetched)} fetched again."
+        )
+        for sha256 in report.lost:
+            click.echo(f"  lost: {sha256} (no upstream has it; import its manifest --from a peer)")
+    if report.lost:
+        sys.exit(1)
 
 
 # --- debcache's key -----------------------------------------------------------------

@@ -437,6 +437,49 @@ def insert_resigned(db: sqlite_utils.Database, rows: list[dict]) -> None:
     )
 
 
+def protected_sha256s(db: sqlite_utils.Database, recent: int) -> set[str]:
+    """Blobs of manifests a branch points at, or pointed at within its last `recent` changes."""
+    rows = db.execute(
+        """WITH recent_history AS (
+            SELECT manifest_id FROM (
+                SELECT manifest_id, ROW_NUMBER() OVER (PARTITION BY branch ORDER BY id DESC) AS n
+                FROM branch_history) WHERE n <= ?),
+        protected AS (
+            SELECT manifest_id FROM branches UNION SELECT previous_id FROM branches
+            UNION SELECT manifest_id FROM recent_history)
+        SELECT sha256 FROM manifest_entries
+        WHERE manifest_id IN (SELECT manifest_id FROM protected)
+        UNION SELECT sha256 FROM resigned
+        WHERE manifest_id IN (SELECT manifest_id FROM protected)""",
+        [recent],
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def blob_last_used(db: sqlite_utils.Database) -> dict[str, float]:
+    """When each blob was last served, from the fetch log."""
+    rows = db.execute(
+        "SELECT sha256, MAX(time) FROM fetches WHERE sha256 IS NOT NULL GROUP BY sha256"
+    ).fetchall()
+    return dict(rows)
+
+
+def forget_cached_blobs(db: sqlite_utils.Database, sha256s: list[str]) -> None:
+    """Drop live-cache entries whose blob is going away (they will be fetched again)."""
+    with db.conn:
+        db.conn.executemany("DELETE FROM cached WHERE sha256 = ?", [[s] for s in sha256s])
+
+
+def paths_of_blob(db: sqlite_utils.Database, sha256: str) -> list[tuple[str, str]]:
+    """(upstream, path) pairs known to have this content: live cache and manifests."""
+    rows = db.execute(
+        """SELECT upstream, path FROM cached WHERE sha256 = ?
+        UNION SELECT upstream, path FROM manifest_entries WHERE sha256 = ?""",
+        [sha256, sha256],
+    ).fetchall()
+    return [(upstream, path) for upstream, path in rows]
+
+
 def fetches(db: sqlite_utils.Database, recording: str | None = None) -> list[dict]:
     """Fetch-log rows, oldest first; only those of `recording` when given."""
     if recording is None:

@@ -16,6 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+HASH_CHUNK = 1024 * 1024
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in chunks (use a thread from async code)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 class FileStore:

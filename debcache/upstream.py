@@ -133,11 +133,14 @@ async def download_blob(
     session: aiohttp.ClientSession,
     urls: list[str],
     sha256: str,
-    size: int,
+    size: int | None,
     store: FileStore,
     timeout: float = 30.0,
 ) -> str | None:
-    """Fetch a blob from the first URL that has it whole and right; None, or why it failed."""
+    """Fetch a blob from the first URL that has it whole and right; None, or why it failed.
+
+    `size` None: only the hash decides.
+    """
     failures = []
     client_timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=CONNECT_TIMEOUT, sock_read=timeout
@@ -150,7 +153,7 @@ async def download_blob(
                     failures.append(f"{url}: HTTP {response.status}")
                     continue
                 digest, received = await _save_body(response, temp)
-            if (digest, received) != (sha256, size):
+            if digest != sha256 or size not in (None, received):
                 failures.append(
                     f"{url}: got sha256 {digest[:12]} ({received} bytes), not {sha256[:12]}"
                 )

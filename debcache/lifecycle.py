@@ -1,0 +1,110 @@
+"""Keeping the store healthy: gc evicts live-cache blobs, verify finds and repairs bit rot.
+
+Blobs of manifests that a branch points at, or pointed at within its last
+`PROTECTED_HISTORY` changes, are never evicted: a pinned branch must keep
+working offline. Everything else is a cache, least recently used first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import sqlite_utils
+
+from . import db as queries
+from .archive import upstream_url
+from .config import Config
+from .store import FileStore, file_sha256
+from .upstream import create_session, download_blob
+
+PROTECTED_HISTORY = 5
+
+
+@dataclass
+class GcReport:
+    evicted: list[tuple[str, int]] = field(default_factory=list)  # (sha256, size)
+    kept_protected: int = 0
+    size_before: int = 0
+
+    @property
+    def freed(self) -> int:
+        return sum(size for _, size in self.evicted)
+
+
+def collect_garbage(
+    db: sqlite_utils.Database, store: FileStore, max_size: int, dry_run: bool = False
+) -> GcReport:
+    """Evict unprotected blobs, least recently used first, until the store fits max_size."""
+    protected = queries.protected_sha256s(db, PROTECTED_HISTORY)
+    last_used = queries.blob_last_used(db)
+    blobs = []
+    for sha256 in store.iterate():
+        stat = store.local_path(sha256).stat()
+        blobs.append((last_used.get(sha256, stat.st_mtime), sha256, stat.st_size))
+    report = GcReport(size_before=sum(size for _, _, size in blobs))
+    size = report.size_before
+    for _, sha256, blob_size in sorted(blobs):
+        if size <= max_size:
+            break
+        if sha256 in protected:
+            report.kept_protected += 1
+            continue
+        report.evicted.append((sha256, blob_size))
+        size -= blob_size
+    if not dry_run and report.evicted:
+        # The database first: a crash in between leaves a blob no path points at, never
+        # a path that points at a missing blob.
+        queries.forget_cached_blobs(db, [sha256 for sha256, _ in report.evicted])
+        for sha256, _ in report.evicted:
+            store.delete(sha256)
+    return report
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    refetched: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+
+
+def verify_store(
+    config: Config,
+    db: sqlite_utils.Database,
+    store: FileStore,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Re-hash every blob; quarantine the corrupt ones and fetch them again where possible."""
+    report = VerifyReport()
+    quarantine = config.data_dir / "quarantine"
+    for sha256 in list(store.iterate()):
+        blob = store.local_path(sha256)
+        report.checked += 1
+        if file_sha256(blob) != sha256:
+            quarantine.mkdir(exist_ok=True)
+            shutil.move(blob, quarantine / sha256)
+            report.corrupt.append(sha256)
+        if progress:
+            progress(1)
+    if report.corrupt:
+        asyncio.run(_refetch(config, db, store, report))
+    return report
+
+
+async def _refetch(
+    config: Config, db: sqlite_utils.Database, store: FileStore, report: VerifyReport
+) -> None:
+    async with create_session() as session:
+        for sha256 in report.corrupt:
+            urls = [
+                upstream_url(base, path)
+                for upstream, path in queries.paths_of_blob(db, sha256)
+                if upstream in config.upstreams
+                for base in config.upstreams[upstream].urls
+            ]
+            # The corrupt copy's size says nothing (it may be truncated): the hash decides.
+            failure = await download_blob(session, urls, sha256, None, store) if urls else "no URL"
+            (report.lost if failure else report.refetched).append(sha256)
