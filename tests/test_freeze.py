@@ -259,3 +259,51 @@ def test_bad_lockfiles_are_rejected_and_nothing_is_written(
         assert message in result.output and "Traceback" not in result.output
     listing = CliRunner().invoke(cli, ["--config", str(site_file), "manifests", "--json"])
     assert json.loads(listing.output) == []
+
+
+def test_concurrent_freezes_of_the_same_recordings_make_one_manifest(
+    keyed_debcache: DebcacheServer, apt: AptRoot, archive: Archive, mirror: FakeMirror
+) -> None:
+    import threading
+
+    from debcache import db as queries
+    from debcache.config import load_config
+    from debcache.manifest import freeze
+    from debcache.store import FileStore
+
+    record_install(keyed_debcache, apt, archive, mirror, "twice", "hello")
+    config = load_config(keyed_debcache.config_file)
+    results: list = []
+
+    def one() -> None:
+        database = queries.connect(config.data_dir / "debcache.db")
+        try:
+            results.append(freeze(config, database, FileStore(config.data_dir), ["twice"]))
+        finally:
+            database.conn.close()
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({manifest.id for manifest, _ in results}) == 1
+    assert sorted(created for _, created in results) == [False, False, False, True]
+    listing = json.loads(run(keyed_debcache, "manifests", "--json").output)
+    assert len(listing) == 1 and listing[0]["files"] == len(results[0][0].entries)
+
+
+def test_an_ambiguous_id_prefix_lists_the_candidates(tmp_path: Path) -> None:
+    from debcache import db as queries
+    from debcache.errors import NotFound
+    from debcache.manifest import resolve_manifest_id
+
+    queries.create_schema(tmp_path / "debcache.db")
+    database = queries.connect(tmp_path / "debcache.db")
+    for manifest_id in ("abcd1111" + "0" * 56, "abcd2222" + "0" * 56):
+        row = {"id": manifest_id, "label": None, "created": 1.0, "recordings": "[]",
+               "files": 0, "bytes": 0, "releases": "{}", "unverified": "[]"}  # fmt: skip
+        queries.insert_manifest(database, row, [])
+    with pytest.raises(NotFound, match="ambiguous: abcd11110000, abcd22220000"):
+        resolve_manifest_id(database, "abcd")
+    assert resolve_manifest_id(database, "abcd2").startswith("abcd2222")
