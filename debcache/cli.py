@@ -34,6 +34,7 @@ from .manifest import (
     resolve_manifest_id,
 )
 from .resign import export_public_key
+from .status import collect_status, status_json
 from .store import FileStore
 
 
@@ -530,6 +531,31 @@ def log_command(config: Config, branch: str, as_json: bool) -> None:
             for r in rows
         ],
     )
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+@cli.command("status")
+@json_option
+@pass_config
+def status_command(config: Config, as_json: bool) -> None:
+    """Upstreams, branches, recent recordings, cache size and hit ratio (as /_/ shows)."""
+    database, _ = open_state(config)
+    status = collect_status(config, database)
+    if as_json:
+        click.echo(status_json(status))
+        return
+    last = status["last_24h"]
+    ratio = "-" if last["hit_ratio"] is None else f"{last['hit_ratio']:.1%}"
+    click.echo(f"data       {status['data_dir']}")
+    click.echo(f"cache      {status['cache']['files']} files, {size(status['cache']['bytes'])}")
+    click.echo(f"last 24 h  {last['requests']} requests, hit ratio {ratio}")
+    for upstream in status["upstreams"]:
+        click.echo(f"upstream   {upstream['name']}: {' '.join(upstream['urls'])}")
+    for branch in status["branches"]:
+        click.echo(f"branch     {branch['name']} → {branch['short']} {branch['label'] or ''}")
+    click.echo(f"manifests  {status['manifests']}; recordings {len(status['recordings'])} recent")
 
 
 # --- store lifecycle ------------------------------------------------------------------

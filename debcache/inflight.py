@@ -193,6 +193,9 @@ class Downloads:
         self._starting: dict[tuple[str, str], asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
 
+    def count(self) -> int:
+        return len(self._starting)
+
     def under_way(self, key: tuple[str, str]) -> asyncio.Future | None:
         return self._starting.get(key)
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from . import db as queries
 from .db import Database
 from .errors import BadRequest
+from .metrics import Metrics
 
 RECORDING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
@@ -73,8 +74,9 @@ class FetchRecord:
 class FetchLog:
     """Appends fetch-log rows; the writer thread commits them in groups."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, metrics: Metrics | None = None) -> None:
         self.database = database
+        self.metrics = metrics
 
     def begin(
         self, client: str | None, recording: str | None, upstream: str, path: str, method: str
@@ -84,6 +86,8 @@ class FetchLog:
     def finish(self, record: FetchRecord) -> None:
         """Log a request once its response is over, complete or not."""
         record.duration = round(time.time() - record.time, 6)
+        if self.metrics:
+            self.metrics.count_request(record.source, record.status, record.size, record.complete)
         row = asdict(record)
         row["complete"] = int(record.complete)
         self.database.write_soon(queries.insert_fetch, row)

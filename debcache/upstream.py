@@ -22,6 +22,7 @@ from . import __version__
 from .archive import upstream_url
 from .config import CONNECT_TIMEOUT, Upstream
 from .errors import UpstreamTimeout, UpstreamUnavailable
+from .metrics import Metrics
 from .store import FileStore
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,9 @@ class Validators:
 class UpstreamClient:
     """GETs archive paths from an upstream's base URLs, in order, skipping failed ones."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics | None = None) -> None:
         self.session = session
+        self.metrics = metrics
         self._failed_until: dict[str, float] = {}
 
     async def get(
@@ -74,10 +76,12 @@ class UpstreamClient:
             try:
                 response = await self.session.get(url, headers=headers, timeout=timeout)
             except (aiohttp.ClientError, TimeoutError) as exc:
+                self._count(upstream, "timeout" if isinstance(exc, TimeoutError) else "error")
                 failures.append(f"{url}: {describe_failure(exc)}")
                 only_timeouts &= isinstance(exc, TimeoutError)
                 self._failed_until[base] = time.monotonic() + FAILED_URL_PENALTY
                 continue
+            self._count(upstream, str(response.status))
             if response.status < 500:
                 self._failed_until.pop(base, None)
                 if server_error is not None:
@@ -97,6 +101,10 @@ class UpstreamClient:
             f"upstream {upstream.name!r} could not be reached for {path}: {'; '.join(failures)}",
             f"check the mirror or list another one in [upstreams.{upstream.name}] urls",
         )
+
+    def _count(self, upstream: Upstream, outcome: str) -> None:
+        if self.metrics:
+            self.metrics.count_upstream(upstream.name, outcome)
 
     def _in_preferred_order(self, urls: tuple[str, ...]) -> list[str]:
         now = time.monotonic()

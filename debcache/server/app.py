@@ -16,13 +16,14 @@ from ..config import Config
 from ..db import Database
 from ..errors import DebcacheError, MethodNotAllowed
 from ..inflight import Downloads
+from ..metrics import Metrics
 from ..pinned import PinnedFiles
 from ..recording import FetchLog
 from ..resign import ensure_key
 from ..store import FileStore
 from ..upstream import UpstreamClient, create_session
 from . import admin
-from .keys import CACHE, CONFIG, FETCH_LOG, PINNED
+from .keys import CACHE, CONFIG, DATABASE, FETCH_LOG, METRICS, PINNED
 from .live import addressed_to_this_server, forwarded_upstream, is_absolute_form, serve_live
 from .pinned import serve_manifest, serve_pinned
 from .responses import SOURCE_HEADER
@@ -37,6 +38,9 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app.cleanup_ctx.append(services)
     app.router.add_get("/_/health", admin.health)
+    app.router.add_get("/_/", admin.status_page)
+    app.router.add_get("/_/api/status", admin.status_api)
+    app.router.add_get("/_/metrics", admin.metrics)
     app.router.add_get("/_/key.gpg", admin.public_key)
     app.router.add_get("/_/key.asc", admin.public_key)
     app.router.add_get("/pin/{tail:.+}", serve_pinned)
@@ -55,10 +59,13 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     database = Database(config.data_dir / "debcache.db").open()
     session = create_session()
     downloads = Downloads(store)
-    cache = LiveCache(store, database, downloads, UpstreamClient(session))
+    metrics = Metrics()
+    metrics.track_in_flight(downloads.count)
+    cache = LiveCache(store, database, downloads, UpstreamClient(session, metrics))
     await cache.load()
     pinned = PinnedFiles(config, database, store, session)
-    app[CACHE], app[FETCH_LOG], app[PINNED] = cache, FetchLog(database), pinned
+    app[CACHE], app[FETCH_LOG], app[PINNED] = cache, FetchLog(database, metrics), pinned
+    app[METRICS], app[DATABASE] = metrics, database
     try:
         yield
     finally:

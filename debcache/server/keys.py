@@ -4,6 +4,8 @@ from aiohttp import web
 
 from ..cache import LiveCache
 from ..config import Config
+from ..db import Database
+from ..metrics import Metrics
 from ..pinned import PinnedFiles
 from ..recording import FetchLog
 
@@ -11,3 +13,5 @@ CONFIG = web.AppKey("config", Config)
 CACHE = web.AppKey("cache", LiveCache)
 FETCH_LOG = web.AppKey("fetch_log", FetchLog)
 PINNED = web.AppKey("pinned", PinnedFiles)
+METRICS = web.AppKey("metrics", Metrics)
+DATABASE = web.AppKey("database", Database)

@@ -1,0 +1,54 @@
+"""Prometheus metrics for /_/metrics (prometheus_client, one registry per server)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Counters the server updates as it works; rendered in the Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "debcache_requests",
+            "Archive requests served, by cache source and status",
+            ["source", "status"],
+            registry=self.registry,
+        )
+        self.response_bytes = Counter(
+            "debcache_response_bytes",
+            "Bytes of files served whole, by cache source",
+            ["source"],
+            registry=self.registry,
+        )
+        self.upstream_requests = Counter(
+            "debcache_upstream_requests",
+            "Requests sent to upstream base URLs, by upstream and outcome",
+            ["upstream", "outcome"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "debcache_downloads_in_flight",
+            "Upstream downloads and revalidations under way",
+            registry=self.registry,
+        )
+
+    def count_request(self, source: str, status: int, size: int | None, complete: bool) -> None:
+        self.requests.labels(source, str(status)).inc()
+        if complete and size and status == 200:
+            self.response_bytes.labels(source).inc(size)
+
+    def count_upstream(self, upstream: str, outcome: str) -> None:
+        self.upstream_requests.labels(upstream, outcome).inc()
+
+    def track_in_flight(self, count: Callable[[], int]) -> None:
+        self.in_flight.set_function(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
