@@ -14,8 +14,13 @@ Typical use (a session-scoped fixture builds it once, in well under a second)::
         )
         apt.update()
 
+bookworm also holds a tiny but complete minbase (``minbase_packages()``, names in
+``MINBASE``): ``debootstrap --download-only --variant=minbase
+--keyring=<archive.key.keyring> bookworm <target> <url>/debian`` succeeds and
+leaves exactly those six .debs in ``<target>/var/cache/apt/archives/``.
+
 A point release is simulated by ``point_release(archive)``: bookworm gets
-``hello`` and ``libgreet1`` as ``+deb12u1`` updates, a new debian-installer build
+``hello``, ``libgreet1`` and ``libc6`` as ``+deb12u1`` updates, a new debian-installer build
 with a new kernel ABI (``current`` switches to it; the old version directory
 stays, as on Debian mirrors), a new ``Date``, and the superseded pool files are
 deleted. It returns what changed in the Packages indices::
@@ -61,6 +66,17 @@ Republishing with ``installer=None`` keeps the suite's installer directories
 and its kernel udeb. ``archive.installer_path("bookworm",
 "netboot/debian-installer/amd64/linux")`` gives the archive-relative path
 under ``current/images/``; ``archive.installer("bookworm")`` the spec.
+
+More archives and suites:
+
+- ``build_security_archive(root, key=archive.key)``: ``root/debian-security`` with suite
+  bookworm-security (``Label: Debian-Security``). ``Archive(root, key, base=...)`` puts
+  each archive under its own ``root/<base>``, so with the same ``root`` as
+  ``build_test_archive`` one FakeMirror serves ``/debian/`` and ``/debian-security/``.
+- ``build_test_archive(root, expired_updates=True)``: bookworm-updates has a
+  ``Valid-Until`` a week in the past; apt refuses it unless
+  ``-o Acquire::Check-Valid-Until=false`` (debootstrap never checks it). Any suite:
+  ``publish_suite(..., valid_until=datetime.now(UTC) - timedelta(days=7))``.
 
 Tamper tests: ``publish_suite(..., signing_key=make_signing_key(tmp_path / "k"))``
 signs a suite with a key that ``archive.key.keyring`` does not hold (gpgv exits
@@ -116,6 +132,7 @@ class PackageSpec:
     version: str
     architecture: str = "amd64"
     depends: str = ""
+    pre_depends: str = ""
     priority: str = "optional"
     section: str = "misc"
     payload_size: int = 2000
@@ -220,6 +237,8 @@ def _control(spec: PackageSpec) -> deb822.Deb822:
     control["Installed-Size"] = str(spec.payload_size // 1024 + 4)
     if spec.depends:
         control["Depends"] = spec.depends
+    if spec.pre_depends:
+        control["Pre-Depends"] = spec.pre_depends
     control["Priority"] = spec.priority
     control["Section"] = spec.section
     if spec.essential:
@@ -457,6 +476,8 @@ class Archive:
         signed_forms: Sequence[str] = ("InRelease", "Release.gpg"),
         installer: InstallerSpec | None = None,
         signing_key: SigningKey | None = None,
+        origin: str = "Debian",
+        label: str = "Debian",
     ) -> None:
         """Write pool files, indices, Release and signatures for suite (replacing dists/<suite>).
 
@@ -464,6 +485,10 @@ class Archive:
         keeps the suite's installer directories (and its kernel udeb), if any. Its
         kernel udeb is added to packages unless they have a package of that name.
         signing_key: sign with this key instead of self.key.
+        valid_until: the Release's ``Valid-Until`` (none by default); one in the past
+        makes apt refuse the suite ("is expired") unless Acquire::Check-Valid-Until=false.
+        origin, label: the Release's ``Origin`` and ``Label`` (Debian-Security for the
+        security archive).
         """
         unknown = set(signed_forms) - {"InRelease", "Release.gpg"}
         if unknown:
@@ -516,6 +541,8 @@ class Archive:
             date=date,
             valid_until=valid_until,
             by_hash=by_hash,
+            origin=origin,
+            label=label,
         )
         _write(dists / "Release", release, mtime)
         if "InRelease" in signed_forms:
@@ -553,6 +580,8 @@ class Archive:
                 "compressions": tuple(compressions),
                 "signed_forms": tuple(signed_forms),
                 "signing_key": signing_key,
+                "origin": origin,
+                "label": label,
             },
         )
 
@@ -679,7 +708,10 @@ class Archive:
                         and p.spec.component == component
                         and _listed_in(p.spec.architecture, arch, archs)
                     ]
-                    content = "\n".join(s.dump() for s in stanzas).encode()
+                    # Every stanza ends with a blank line, the last one too, as in
+                    # Debian: debootstrap's parser (pkgdetails_perl) only takes a
+                    # stanza once it has seen the blank line after it.
+                    content = "".join(s.dump() + "\n" for s in stanzas).encode()
                     files += _compressed(
                         f"{directory}/binary-{arch}/Packages", content, compressions
                     )
@@ -712,10 +744,12 @@ class Archive:
         date: datetime,
         valid_until: datetime | None,
         by_hash: bool,
+        origin: str,
+        label: str,
     ) -> bytes:
         lines = [
-            "Origin: Debian",
-            "Label: Debian",
+            f"Origin: {origin}",
+            f"Label: {label}",
             f"Suite: {suite}",
             f"Codename: {codename}",
             f"Date: {format_date(date)}",
@@ -778,7 +812,8 @@ def _write(target: Path, content: bytes, mtime: float | None = None) -> None:
 
 
 def default_packages() -> list[PackageSpec]:
-    """A small realistic package set: a library, arch-all data, odd versions, a big one, a udeb."""
+    """A small realistic package set: a library, arch-all data, odd versions, a big one, a udeb,
+    and a tiny minbase (``minbase_packages()``) for debootstrap."""
     return [
         PackageSpec("hello", "2.10-3", depends="libgreet1 (>= 1.0), greet-data"),
         PackageSpec("libgreet1", "1.0-1", section="libs"),
@@ -787,6 +822,57 @@ def default_packages() -> list[PackageSpec]:
         PackageSpec("tool++", "1.0~rc1+dfsg-1", section="utils", payload_size=5000),
         PackageSpec("bigpkg", "1:3.0-1", payload_size=3 * 1024 * 1024),
         PackageSpec("netcfg-test", "1.0", kind="udeb", section="debian-installer"),
+        *minbase_packages(),
+    ]
+
+
+# What `debootstrap --variant=minbase bookworm` downloads from build_test_archive, by name:
+# the Priority: required packages plus usr-is-merged ("required"), apt ("base"), and
+# what they depend on.
+MINBASE = ("apt", "base-files", "dpkg", "libapt-pkg6.0", "libc6", "usr-is-merged")
+
+
+def minbase_packages() -> list[PackageSpec]:
+    """The smallest set debootstrap's minbase variant accepts for bookworm (in MINBASE).
+
+    debootstrap (scripts/debian-common) takes every ``Priority: required`` package of
+    ``binary-<arch>/Packages`` (base-files, dpkg), adds ``usr-is-merged`` for bookworm,
+    ``apt`` for minbase, and resolves Depends and Pre-Depends (libc6, libapt-pkg6.0) in
+    the same index. It never reads binary-all, so these are all amd64 (Debian's
+    usr-is-merged is arch all, but Debian repeats arch-all packages in binary-amd64; this
+    archive lists them in binary-all only). Priorities and relations are Debian's,
+    trimmed to packages that exist here. Nothing else in the archive is required, so
+    apt-get installs of the other packages do not pull these in.
+    """
+    return [
+        PackageSpec(
+            "base-files",
+            "12.4+deb12u1",
+            priority="required",
+            essential=True,
+            section="admin",
+            payload_size=3000,
+        ),
+        PackageSpec(
+            "dpkg",
+            "1.21.22",
+            pre_depends="libc6 (>= 2.34)",
+            priority="required",
+            essential=True,
+            section="admin",
+            payload_size=6000,
+        ),
+        PackageSpec("libc6", "2.36-9+deb12u1", section="libs", payload_size=12000),
+        PackageSpec("usr-is-merged", "37~deb12u1", section="oldlibs", payload_size=500),
+        PackageSpec("libapt-pkg6.0", "2.6.1", depends="libc6 (>= 2.34)", section="libs"),
+        PackageSpec(
+            "apt",
+            "2.6.1",
+            depends="libapt-pkg6.0 (>= 2.6.1), libc6 (>= 2.34)",
+            priority="important",
+            section="admin",
+            payload_size=4000,
+        ),
     ]
 
 
@@ -805,11 +891,16 @@ def default_installer() -> InstallerSpec:
     return InstallerSpec(version="20230607+deb12u1", kernel="6.1.0-9")
 
 
-def build_test_archive(root: Path) -> Archive:
+def build_test_archive(root: Path, *, expired_updates: bool = False) -> Archive:
     """A new key plus suites bookworm (default_packages, default_installer) and bookworm-updates.
 
     Each call makes its own key (and gpg home) next to root, at ``<root>-key``; call it
     per test with the test's own directory when the test changes the archive.
+
+    expired_updates: publish bookworm-updates dated two weeks ago with a ``Valid-Until``
+    a week ago, so apt refuses it ("... is expired (invalid since 7d ...)", exit 100)
+    unless ``-o Acquire::Check-Valid-Until=false`` or ``[check-valid-until=no]``.
+    bookworm is unaffected. (Any suite: ``publish_suite(..., valid_until=<past>)``.)
     """
     root = Path(root)
     key = make_signing_key(root.parent / f"{root.name}-key")
@@ -817,18 +908,69 @@ def build_test_archive(root: Path) -> Archive:
     archive.publish_suite(
         "bookworm", default_packages(), codename="bookworm", installer=default_installer()
     )
-    archive.publish_suite("bookworm-updates", updates_packages(), codename="bookworm-updates")
+    updates: dict[str, Any] = {}
+    if expired_updates:
+        now = datetime.now(UTC).replace(microsecond=0)
+        updates = {"date": now - timedelta(days=14), "valid_until": now - timedelta(days=7)}
+    archive.publish_suite(
+        "bookworm-updates", updates_packages(), codename="bookworm-updates", **updates
+    )
     return archive
 
 
-# What a point release updates (as +deb12uN stable updates), by package name.
-POINT_RELEASE_UPDATES = ("hello", "libgreet1")
+def security_packages() -> list[PackageSpec]:
+    """bookworm-security: a security fix of bookworm's libgreet1 and a new package needing it."""
+    libgreet1 = next(spec for spec in default_packages() if spec.name == "libgreet1")
+    return [
+        # The same spec (and so the same bytes) as a second point release's libgreet1.
+        replace(libgreet1, version="1.0-1+deb12u2"),
+        PackageSpec(
+            "greet-sandbox",
+            "1.0-1~deb12u1",
+            depends="libgreet1 (>= 1.0-1+deb12u2)",
+            section="utils",
+        ),
+    ]
+
+
+def build_security_archive(root: Path, key: SigningKey | None = None) -> Archive:
+    """The security archive under ``root/debian-security``: suite bookworm-security.
+
+    ``Suite`` and ``Codename`` bookworm-security, ``Origin: Debian``, ``Label:
+    Debian-Security``, security_packages(), signed by key (default: a new key at
+    ``<root>-security-key``). Built under the same root as build_test_archive, one
+    FakeMirror serves both, at ``/debian/`` and ``/debian-security/``::
+
+        archive = build_test_archive(tmp_path / "www")
+        security = build_security_archive(tmp_path / "www", key=archive.key)
+        with FakeMirror(archive.root) as mirror:
+            sources = [f"deb [signed-by={archive.key.keyring}] {mirror.url}/debian bookworm main",
+                       f"deb [signed-by={security.key.keyring}] {mirror.url}/debian-security "
+                       "bookworm-security main"]
+    """
+    root = Path(root)
+    if key is None:
+        key = make_signing_key(root.parent / f"{root.name}-security-key")
+    archive = Archive(root, key, base="debian-security")
+    archive.publish_suite(
+        "bookworm-security",
+        security_packages(),
+        codename="bookworm-security",
+        label="Debian-Security",
+    )
+    return archive
+
+
+# What a point release updates (as +deb12uN stable updates), by package name: libc6
+# so that a debootstrap minbase sees the point release too.
+POINT_RELEASE_UPDATES = ("hello", "libgreet1", "libc6")
 
 
 def point_release(archive: Archive, suite: str = "bookworm") -> dict[str, tuple[str, str]]:
     """Republish suite like a Debian point release; return {package: (old, new)} of what changed.
 
-    ``hello`` and ``libgreet1`` get the next ``+deb12uN`` version; the installer (if
+    ``hello``, ``libgreet1`` and ``libc6`` (POINT_RELEASE_UPDATES) get the next
+    ``+deb12uN`` version; the installer (if
     any) the next version and kernel ABI (20230607+deb12u1, 6.1.0-9 ->
     20230607+deb12u2, 6.1.0-10) and a new kernel udeb (so the old udeb's name maps
     to ``(old, "")`` and the new one's to ``("", new)``); ``current`` points at the

@@ -11,7 +11,7 @@ from archive_fixture import Archive, build_test_archive
 from debcache_server import DebcacheServer, make_config
 from fake_mirror import FakeMirror
 
-REQUIRED_TOOLS = ("apt-get", "dpkg-deb", "gpg", "gpgv", "wget")
+REQUIRED_TOOLS = ("apt-get", "dpkg-deb", "gpg", "gpgv", "wget", "debootstrap")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

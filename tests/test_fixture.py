@@ -25,9 +25,11 @@ import archive_fixture
 import pytest
 from apt import AptRoot
 from archive_fixture import (
+    MINBASE,
     Archive,
     InstallerSpec,
     PackageSpec,
+    build_security_archive,
     build_test_archive,
     default_packages,
     make_signing_key,
@@ -154,7 +156,7 @@ def test_packages_indices_describe_the_pool(archive: Archive) -> None:
         packages("binary-all"),
         packages("debian-installer/binary-amd64"),
     )
-    assert sorted(amd64) == ["bigpkg", "hello", "libgreet1", "tool++"]
+    assert sorted(amd64) == sorted(["bigpkg", "hello", "libgreet1", "tool++", *MINBASE])
     assert sorted(arch_all) == ["greet-data"]
     assert sorted(installer) == ["kernel-image-6.1.0-9-amd64-di", "netcfg-test"]
     assert amd64["hello"]["Depends"] == "libgreet1 (>= 1.0), greet-data"
@@ -191,6 +193,26 @@ def test_packages_indices_describe_the_pool(archive: Archive) -> None:
     with pytest.raises(KeyError):
         archive.pool_path("hello", suite="bookworm-updates")
     assert archive.pool_path("libgreet1", "1.0-1") == amd64["libgreet1"]["Filename"]
+
+
+def test_minbase_is_listed_as_debootstrap_reads_it(archive: Archive) -> None:
+    # debootstrap reads only binary-amd64/Packages (of the smallest form) with a
+    # line-based parser that takes a stanza at the blank line after it.
+    index = archive.read("dists/bookworm/main/binary-amd64/Packages")
+    assert index.endswith(b"\n\n") and not index.endswith(b"\n\n\n")
+    assert gzip.decompress(archive.read("dists/bookworm/main/binary-amd64/Packages.gz")) == index
+    stanzas = {p["Package"]: p for p in deb822.Packages.iter_paragraphs(index, use_apt_pkg=False)}
+    assert set(MINBASE) <= set(stanzas)
+    required = sorted(name for name, p in stanzas.items() if p["Priority"] == "required")
+    assert required == ["base-files", "dpkg"]
+    assert [name for name, p in stanzas.items() if p.get("Essential") == "yes"] == [
+        "base-files",
+        "dpkg",
+    ]
+    assert stanzas["dpkg"]["Pre-Depends"] == "libc6 (>= 2.34)"
+    assert stanzas["apt"]["Priority"] == "important"
+    assert stanzas["usr-is-merged"]["Architecture"] == "amd64"
+    assert all(stanzas[name]["Architecture"] == "amd64" for name in MINBASE)
 
 
 def test_publish_options(tmp_path: Path, fresh_archive: Archive) -> None:
@@ -385,6 +407,7 @@ def test_point_release(fresh_archive: Archive, tmp_path: Path) -> None:
         assert changes == {
             "hello": ("2.10-3", "2.10-3+deb12u1"),
             "libgreet1": ("1.0-1", "1.0-1+deb12u1"),
+            "libc6": ("2.36-9+deb12u1", "2.36-9+deb12u2"),
             "kernel-image-6.1.0-9-amd64-di": ("6.1.38-1", ""),
             "kernel-image-6.1.0-10-amd64-di": ("", "6.1.38-2"),
         }
@@ -422,7 +445,7 @@ def test_point_release(fresh_archive: Archive, tmp_path: Path) -> None:
         ]
 
         # Superseded pool files are gone; the unchanged ones stay where they were.
-        for name in ("hello", "libgreet1", "kernel-image-6.1.0-9-amd64-di"):
+        for name in ("hello", "libgreet1", "libc6", "kernel-image-6.1.0-9-amd64-di"):
             assert not archive.path(old_pool[name]).exists()
             assert fetch(mirror, "/debian/" + old_pool[name])[0].status == 404
         new_pool = {spec.name: spec.pool_path() for spec in archive.packages("bookworm")}
@@ -474,6 +497,92 @@ def test_suite_signed_by_another_key(fresh_archive: Archive, tmp_path: Path) -> 
 
     archive.publish_suite("bookworm", default_packages())
     assert gpgv(archive.key.keyring, dists / "InRelease").returncode == 0
+
+
+def test_security_archive_shares_the_web_root_and_the_mirror(tmp_path: Path) -> None:
+    main = build_test_archive(tmp_path / "www")
+    security = build_security_archive(tmp_path / "www", key=main.key)
+    assert security.root == main.root and security.base == "debian-security"
+    assert security.path("") == tmp_path / "www" / "debian-security"
+    assert not [p for p in main.files() if "security" in p]
+    release = release_of(security, "bookworm-security")
+    assert (release["Origin"], release["Label"]) == ("Debian", "Debian-Security")
+    assert release["Suite"] == release["Codename"] == "bookworm-security"
+    dists = security.path("dists/bookworm-security")
+    assert gpgv(main.key.keyring, dists / "InRelease").returncode == 0
+    fix = security.pool_path("libgreet1")
+    assert fix == "pool/main/libg/libgreet1/libgreet1_1.0-1+deb12u2_amd64.deb"
+    # bookworm's indices are untouched: still Label Debian, still libgreet1 1.0-1.
+    assert release_of(main, "bookworm")["Label"] == "Debian"
+    assert main.pool_path("libgreet1") == "pool/main/libg/libgreet1/libgreet1_1.0-1_amd64.deb"
+
+    apt = AptRoot(tmp_path / "apt")
+    with FakeMirror(main.root) as mirror:
+        keyring = main.key.keyring
+        apt.write_sources(
+            [
+                f"deb [signed-by={keyring}] {mirror.url}/debian bookworm main",
+                f"deb [signed-by={keyring}] {mirror.url}/debian-security bookworm-security main",
+            ]
+        )
+        update = apt.update()
+        assert update.returncode == 0, update.stdout + update.stderr
+        assert "W:" not in update.stderr
+        download = apt.download("hello", "greet-sandbox")
+        assert download.returncode == 0, download.stdout + download.stderr
+    downloaded = apt.downloaded()
+    assert sorted(downloaded) == [
+        "greet-data_2.10-3_all.deb",
+        "greet-sandbox_1.0-1~deb12u1_amd64.deb",
+        "hello_2.10-3_amd64.deb",
+        "libgreet1_1.0-1+deb12u2_amd64.deb",
+    ]
+    assert downloaded["libgreet1_1.0-1+deb12u2_amd64.deb"] == security.read(fix)
+    assert mirror.count(f"/debian-security/{fix}") == 1
+
+    # Without a key, the security archive gets one of its own.
+    alone = build_security_archive(tmp_path / "other")
+    assert alone.key.fingerprint != main.key.fingerprint
+    assert alone.key.keyring == tmp_path / "other-security-key" / "keyring.gpg"
+    inrelease = alone.path("dists/bookworm-security/InRelease")
+    assert gpgv(alone.key.keyring, inrelease).returncode == 0
+    assert gpgv(main.key.keyring, inrelease).returncode != 0
+
+
+def test_an_expired_suite_is_refused_by_apt_unless_told_otherwise(tmp_path: Path) -> None:
+    archive = build_test_archive(tmp_path / "www", expired_updates=True)
+    release = release_of(archive, "bookworm-updates")
+    now = datetime.now(UTC)
+    valid_until = email.utils.parsedate_to_datetime(release["Valid-Until"])
+    assert release_date(release) < valid_until < now - timedelta(days=6)
+    assert "Valid-Until" not in release_of(archive, "bookworm")
+    # Still properly signed: only the date is wrong.
+    assert (
+        gpgv(archive.key.keyring, archive.path("dists/bookworm-updates/InRelease")).returncode == 0
+    )
+
+    apt = AptRoot(tmp_path / "apt")
+    with FakeMirror(archive.root) as mirror:
+        apt.write_sources(
+            [
+                f"deb [signed-by={archive.key.keyring}] {mirror.url}/debian {suite} main"
+                for suite in ("bookworm", "bookworm-updates")
+            ]
+        )
+        refused = apt.update()
+        assert refused.returncode == 100, refused.stdout + refused.stderr
+        expired = [line for line in refused.stderr.splitlines() if "is expired" in line]
+        assert len(expired) == 1, refused.stderr
+        assert "dists/bookworm-updates/InRelease is expired (invalid since 7d" in expired[0]
+        # apt stopped there: no index of the expired suite was fetched.
+        assert not [r for r in mirror.requests if "bookworm-updates/main" in r.decoded_path]
+
+        unchecked = {"Acquire::Check-Valid-Until": "false"}
+        accepted = apt.update(options=unchecked)
+        assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+        download = apt.download("greet-tzdata", options=unchecked)
+        assert download.returncode == 0, download.stdout + download.stderr
+    assert list(apt.downloaded()) == ["greet-tzdata_2026a-0+deb12u1_all.deb"]
 
 
 def test_archives_per_test_are_independent(archive: Archive, tmp_path: Path) -> None:
