@@ -10,6 +10,7 @@ from apt import AptRoot
 from archive_fixture import Archive, build_test_archive
 from debcache_server import DebcacheServer, make_config
 from fake_mirror import FakeMirror
+from workflow import keyed_debcache_for
 
 REQUIRED_TOOLS = ("apt-get", "dpkg-deb", "gpg", "gpgv", "wget", "debootstrap")
 
@@ -49,6 +50,15 @@ def debcache(tmp_path: Path, mirror: FakeMirror):
     )
     with DebcacheServer(config) as server:
         yield server
+
+
+@pytest.fixture
+def keyed_debcache(tmp_path: Path, mirror: FakeMirror, archive: Archive):
+    """debcache whose `debian` upstream trusts the archive's key (so freeze verifies),
+    with a config file for the command line in `.config_file`."""
+    server = keyed_debcache_for(tmp_path, mirror, archive)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from debcache_server import DebcacheServer, make_config, write_config_file
 from fake_mirror import FakeMirror, Fault
 from http_client import get
-from workflow import freeze_json, keyed_debcache_for, manifest_json, record_install, run
+from workflow import freeze_json, manifest_json, record_install, run
 
 from debcache.cli import cli
 
@@ -30,14 +30,6 @@ INSTALLED = {
     "tool++": "1.0~rc1+dfsg-1",
     "bigpkg": "1:3.0-1",
 }
-
-
-@pytest.fixture
-def keyed_debcache(tmp_path: Path, mirror: FakeMirror, archive: Archive):
-    """debcache whose `debian` upstream trusts the test archive's key."""
-    server = keyed_debcache_for(tmp_path, mirror, archive)
-    yield server
-    server.stop()
 
 
 def test_freeze_holds_exactly_the_fetched_files_and_what_authenticates_them(

@@ -10,86 +10,80 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from apt import AptRoot
 from archive_fixture import Archive
 from debcache_server import DebcacheServer
 from fake_mirror import FakeMirror
 from http_client import get
-from workflow import freeze_json, keyed_debcache_for, record_install, run
-
-
-@pytest.fixture
-def cache(tmp_path: Path, mirror: FakeMirror, archive: Archive):
-    server = keyed_debcache_for(tmp_path, mirror, archive)
-    yield server
-    server.stop()
+from workflow import freeze_json, record_install, run
 
 
 def test_gc_evicts_the_live_cache_but_never_a_pinned_manifest(
-    cache: DebcacheServer, archive: Archive, mirror: FakeMirror, tmp_path: Path
+    keyed_debcache: DebcacheServer, archive: Archive, mirror: FakeMirror, tmp_path: Path
 ) -> None:
-    record_install(cache, AptRoot(tmp_path / "a"), archive, mirror, "pinned", "hello")
-    manifest = freeze_json(cache, "pinned", "--promote", "b1")["id"]
+    record_install(keyed_debcache, AptRoot(tmp_path / "a"), archive, mirror, "pinned", "hello")
+    manifest = freeze_json(keyed_debcache, "pinned", "--promote", "b1")["id"]
     bigpkg = archive.pool_path("bigpkg")
-    assert get(cache.url, f"/debian/{bigpkg}").status == 200  # live only, not pinned
-    before = cache.blobs()
+    assert get(keyed_debcache.url, f"/debian/{bigpkg}").status == 200  # live only, not pinned
+    before = keyed_debcache.blobs()
 
-    dry = json.loads(run(cache, "gc", "--max-size", "0", "--dry-run", "--json").output)
-    assert dry["evicted"] >= 1 and cache.blobs() == before
+    dry = json.loads(run(keyed_debcache, "gc", "--max-size", "0", "--dry-run", "--json").output)
+    assert dry["evicted"] >= 1 and keyed_debcache.blobs() == before
 
-    result = run(cache, "gc", "--max-size", "0", "--json")
+    result = run(keyed_debcache, "gc", "--max-size", "0", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["kept_protected"] >= 1
-    remaining = cache.blobs()
+    remaining = keyed_debcache.blobs()
     assert archive.sha256(bigpkg) not in remaining
-    entries = json.loads(run(cache, "manifests", "show", manifest[:12], "--json").output)["entries"]
+    entries = json.loads(run(keyed_debcache, "manifests", "show", manifest[:12], "--json").output)[
+        "entries"
+    ]
     assert {e["sha256"] for e in entries} <= set(remaining)
 
     # The pinned branch still installs with nothing from upstream; the live path refetches.
     mirror.reset()
     pinned = AptRoot(tmp_path / "b")
     pinned.write_sources(
-        [f"deb [signed-by={archive.key.keyring}] {cache.url}/pin/b1/debian bookworm main"]
+        [f"deb [signed-by={archive.key.keyring}] {keyed_debcache.url}/pin/b1/debian bookworm main"]
     )
     assert pinned.update().returncode == 0
     assert pinned.download("hello").returncode == 0
     assert mirror.requests == []
-    again = get(cache.url, f"/debian/{bigpkg}")
+    again = get(keyed_debcache.url, f"/debian/{bigpkg}")
     assert again.body == archive.read(bigpkg) and again.header("X-Debcache") == "miss"
 
 
 def test_gc_keeps_what_fits_least_recently_used_last(
-    cache: DebcacheServer, archive: Archive
+    keyed_debcache: DebcacheServer, archive: Archive
 ) -> None:
     small = archive.pool_path("hello", "2.10-3")
     big = archive.pool_path("bigpkg")
-    assert get(cache.url, f"/debian/{big}").status == 200
-    assert get(cache.url, f"/debian/{small}").status == 200  # used last
-    cache.wait_for_fetches(2)
+    assert get(keyed_debcache.url, f"/debian/{big}").status == 200
+    assert get(keyed_debcache.url, f"/debian/{small}").status == 200  # used last
+    keyed_debcache.wait_for_fetches(2)
     limit = str(len(archive.read(small)) + 10)
-    assert run(cache, "gc", "--max-size", limit).exit_code == 0
-    assert set(cache.blobs()) == {archive.sha256(small)}
+    assert run(keyed_debcache, "gc", "--max-size", limit).exit_code == 0
+    assert set(keyed_debcache.blobs()) == {archive.sha256(small)}
 
 
 def test_verify_quarantines_corrupt_blobs_and_fetches_them_again(
-    cache: DebcacheServer, archive: Archive, mirror: FakeMirror
+    keyed_debcache: DebcacheServer, archive: Archive, mirror: FakeMirror
 ) -> None:
     hello = archive.pool_path("hello", "2.10-3")
-    assert get(cache.url, f"/debian/{hello}").status == 200
-    cache.wait_for_fetches(1)  # its row is committed after the path → blob mapping
+    assert get(keyed_debcache.url, f"/debian/{hello}").status == 200
+    keyed_debcache.wait_for_fetches(1)  # its row is committed after the path → blob mapping
     sha256 = archive.sha256(hello)
-    blob = cache.data_dir / "blobs" / "sha256" / sha256[:2] / sha256
+    blob = keyed_debcache.data_dir / "blobs" / "sha256" / sha256[:2] / sha256
     blob.write_bytes(b"bit rot")
-    result = run(cache, "verify", "--json")
+    result = run(keyed_debcache, "verify", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["corrupt"] == [sha256] and report["refetched"] == [sha256]
     assert blob.read_bytes() == archive.read(hello)
-    assert (cache.data_dir / "quarantine" / sha256).read_bytes() == b"bit rot"
+    assert (keyed_debcache.data_dir / "quarantine" / sha256).read_bytes() == b"bit rot"
 
 
-def test_a_bad_size_is_a_one_line_error(cache: DebcacheServer) -> None:
-    result = run(cache, "gc", "--max-size", "lots")
+def test_a_bad_size_is_a_one_line_error(keyed_debcache: DebcacheServer) -> None:
+    result = run(keyed_debcache, "gc", "--max-size", "lots")
     assert result.exit_code == 1 and "is not a size" in result.output
