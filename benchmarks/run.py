@@ -9,8 +9,9 @@ Everything runs on this machine, on 127.0.0.1 only, and is stopped at the end:
   .deb sizes, a debian-installer image set and a Packages index inflated by
   thousands of tiny "filler" packages (so indices weigh a few MB);
 - nginx serves it as the "remote mirror": one unlimited port (the limit every
-  cache is compared with) and, per cache, one port rate-limited per connection
-  (limit_rate 20m) whose access log counts that cache's upstream requests;
+  cache is compared with) and, per cache, one port whose access log counts that
+  cache's upstream requests, reached through a relay that paces every
+  connection to 20 MB/s (a real mirror's speed);
 - debcache (`python3 -m debcache --config X serve`), apt-cacher-ng and approx
   (installed with apt-get when missing; skipped with the reason otherwise);
 - the workloads of issue 7: warm throughput (wrk, a Lua path list, c=1/16/64),
@@ -60,7 +61,8 @@ from apt import AptRoot  # noqa: E402
 
 SUITE = "bookworm"
 META_PACKAGE = "bench-minbase"
-RATE_LIMIT = "20m"  # nginx limit_rate per connection: a real mirror's speed
+RATE_LIMIT = 20 * 1_000_000  # bytes/s per upstream connection: a real mirror's speed
+RATE_BURST = 256 * 1024  # bytes a connection may send ahead of the rate
 MB = 1_000_000
 
 
@@ -74,7 +76,7 @@ class Settings:
     medium: int  # .debs of 200 KB - 1 MB
     large_mb: tuple[float, ...]  # .debs of 1-40 MB
     fillers: int  # tiny packages that make the Packages index a few MB
-    wrk_seconds: float
+    wrk_seconds: int
     herd_budget: int  # bytes of pool files in the herd set (plus indices and images)
     rss_bytes: int  # bytes each RSS run pulls at c=64
     rss_runs: int
@@ -90,7 +92,7 @@ QUICK = Settings(
     medium=15,
     large_mb=(1, 4, 8),
     fillers=10_000,
-    wrk_seconds=1.5,
+    wrk_seconds=2,
     herd_budget=5 * MB,
     rss_bytes=300 * MB,
     rss_runs=5,
@@ -407,21 +409,20 @@ def build_fixture(work: Path, settings: Settings) -> Fixture:
 
 
 class Nginx:
-    """One nginx: an unlimited port, and per client a rate-limited port with its own log."""
+    """One nginx: an unlimited port, and per client of the relay a port with its own log."""
 
-    LIMITED = ("direct-limited", "debcache", "apt-cacher-ng", "approx")
+    LOGGED = ("direct-limited", "debcache", "apt-cacher-ng", "approx")
 
     def __init__(self, work: Path, root: Path) -> None:
         self.dir = work / "nginx"
         self.dir.mkdir()
         self.root = root
         self.port = free_port()
-        self.limited = {name: free_port() for name in self.LIMITED}
+        self.logged = {name: free_port() for name in self.LOGGED}
         self.process: subprocess.Popen | None = None
 
-    def url(self, name: str | None = None) -> str:
-        port = self.port if name is None else self.limited[name]
-        return f"http://127.0.0.1:{port}/debian"
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/debian"
 
     def log(self, name: str) -> Path:
         return self.dir / f"{name}.log"
@@ -429,10 +430,10 @@ class Nginx:
     def start(self) -> None:
         d = self.dir
         servers = [f"    server {{ listen 127.0.0.1:{self.port}; root {self.root}; }}"]
-        for name, port in self.limited.items():
+        for name, port in self.logged.items():
             servers.append(
                 f"    server {{ listen 127.0.0.1:{port}; root {self.root}; "
-                f"limit_rate {RATE_LIMIT}; access_log {self.log(name)} bench; }}"
+                f"access_log {self.log(name)} bench; }}"
             )
         temp = " ".join(
             f"{kind}_temp_path {d}/{kind};" for kind in ("proxy", "fastcgi", "uwsgi", "scgi")
@@ -467,8 +468,79 @@ http {{
             d / "stdout.log",
         )
         wait_port(self.port, self.process, "nginx")
-        for port in self.limited.values():
+        for port in self.logged.values():
             wait_port(port, self.process, "nginx")
+
+
+class Relay:
+    """The rate limit: a relay in front of each logged nginx port, RATE_LIMIT per connection.
+
+    nginx's own limit_rate can't emulate a 20 MB/s mirror: it allows every request a
+    first second at full speed (rate x (elapsed + 1)), so files under 20 MB would not
+    be slowed at all. This relay paces each connection with a token bucket instead.
+    """
+
+    def __init__(self, work: Path, nginx: Nginx) -> None:
+        self.dir = work / "relay"
+        self.dir.mkdir()
+        self.targets = dict(nginx.logged)
+        self.ports = {name: free_port() for name in self.targets}
+        self.process: subprocess.Popen | None = None
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}/debian"
+
+    def start(self) -> None:
+        pairs = [f"{self.ports[n]}:{self.targets[n]}" for n in self.targets]
+        self.process = spawn(
+            [sys.executable, str(Path(__file__).resolve()), "--relay", *pairs],
+            self.dir / "relay.log",
+        )
+        for port in self.ports.values():
+            wait_port(port, self.process, "the rate-limiting relay")
+
+
+async def relay_main(pairs: list[str]) -> None:
+    """Serve `listen:target` pairs on 127.0.0.1; pace target-to-client bytes per connection."""
+    loop = asyncio.get_running_loop()
+
+    async def pump(reader, writer, paced: bool) -> None:
+        allowed_at = loop.time()
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+                if paced:
+                    now = loop.time()
+                    allowed_at = max(allowed_at, now - RATE_BURST / RATE_LIMIT)
+                    allowed_at += len(data) / RATE_LIMIT
+                    if allowed_at > now:
+                        await asyncio.sleep(allowed_at - now)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    def handler(target: int):
+        async def handle(client_reader, client_writer) -> None:
+            try:
+                server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target)
+            except OSError:
+                client_writer.close()
+                return
+            await asyncio.gather(
+                pump(client_reader, server_writer, False),
+                pump(server_reader, client_writer, True),
+            )
+
+        return handle
+
+    servers = []
+    for pair in pairs:
+        listen, target = (int(x) for x in pair.split(":"))
+        servers.append(await asyncio.start_server(handler(target), "127.0.0.1", listen))
+    await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
 class AccessLog:
@@ -1033,11 +1105,11 @@ class Bench:
             r for r in self.results["warm"] if r["system"] == system.name and r["concurrency"] == 64
         ]
         rate = warm64[-1]["MB_s"] if warm64 else 500
-        seconds = min(max(self.s.rss_bytes / MB / max(rate, 1), 2), 30)
+        seconds = round(min(max(self.s.rss_bytes / MB / max(rate, 1), 2), 30))
         before = tree_rss_mb(system.pid)
         after_runs, pulled, peaks = [], [], []
         for _ in range(self.s.rss_runs):
-            record = self.wrk.run(system, self.fx.pool, 64, round(seconds, 1))
+            record = self.wrk.run(system, self.fx.pool, 64, seconds)
             pulled.append(round(record["bytes"] / MB))
             peaks.append(record["server_rss_peak_mb"])
             time.sleep(0.5)
@@ -1273,9 +1345,12 @@ class Bench:
         self.say(f"  {self.results['fixture']}")
         self.nginx = Nginx(self.work, fx.root)
         self.nginx.start()
+        self.relay = Relay(self.work, self.nginx)
+        self.relay.start()
         nginx = NginxDirect(self.nginx)
         direct_limited = NginxDirect(self.nginx)
-        direct_limited.name, direct_limited.port = "direct", self.nginx.limited["direct-limited"]
+        direct_limited.name = "direct"
+        direct_limited.port = self.relay.ports["direct-limited"]
 
         self.say("nginx serving the files directly (the limit)")
         self.cold(direct_limited, None)
@@ -1284,7 +1359,7 @@ class Bench:
         self.apt(nginx)
 
         self.say("debcache")
-        debcache = Debcache(self.work, self.nginx.url("debcache"), fx.keyring)
+        debcache = Debcache(self.work, self.relay.url("debcache"), fx.keyring)
         upstream = AccessLog(self.nginx.log("debcache"))
         for clients in (16, 64):
             debcache.start()
@@ -1308,7 +1383,7 @@ class Bench:
             if self.peer_status.get(name):
                 continue
             self.say(name)
-            peer = kind(self.work, self.nginx.url(name))
+            peer = kind(self.work, self.relay.url(name))
             upstream = AccessLog(self.nginx.log(name))
             try:
                 for clients in (16, 64):
@@ -1514,6 +1589,10 @@ def machine() -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--relay"]:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        asyncio.run(relay_main(sys.argv[2:]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="~30 MB archive, short runs (<2 min)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure as JSON")
@@ -1545,7 +1624,7 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "settings": settings.__dict__,
-        "rate_limit": RATE_LIMIT,
+        "rate_limit_bytes_per_s_per_connection": RATE_LIMIT,
         "runtime_seconds": round(time.perf_counter() - started, 1),
     }
     print_summary(results)
