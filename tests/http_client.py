@@ -29,6 +29,7 @@ def request(
     method: str = "GET",
     headers: dict[str, str] | None = None,
     timeout: float = 30,
+    body: bytes | None = None,
 ) -> Reply:
     """Send `method target` to the server at base_url; `target` may be an absolute URI."""
     parts = urlsplit(base_url)
@@ -36,9 +37,11 @@ def request(
     try:
         connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
         all_headers = {"Host": parts.netloc, **(headers or {})}
+        if body is not None:
+            all_headers["Content-Length"] = str(len(body))
         for name, value in all_headers.items():
             connection.putheader(name, value)
-        connection.endheaders()
+        connection.endheaders(body)
         response = connection.getresponse()
         reply = Reply(response.status, dict(response.getheaders()))
         try:

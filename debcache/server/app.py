@@ -22,7 +22,7 @@ from ..recording import FetchLog
 from ..resign import ensure_key
 from ..store import FileStore
 from ..upstream import UpstreamClient, create_session
-from . import admin
+from . import admin, api
 from .keys import CACHE, CONFIG, DATABASE, FETCH_LOG, METRICS, PINNED
 from .live import addressed_to_this_server, forwarded_upstream, is_absolute_form, serve_live
 from .pinned import serve_manifest, serve_pinned
@@ -41,6 +41,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/_/", admin.status_page)
     app.router.add_get("/_/api/status", admin.status_api)
     app.router.add_get("/_/metrics", admin.metrics)
+    app.router.add_routes(api.routes())
     app.router.add_get("/_/key.gpg", admin.public_key)
     app.router.add_get("/_/key.asc", admin.public_key)
     app.router.add_get("/pin/{tail:.+}", serve_pinned)

@@ -1,0 +1,205 @@
+"""/_/api/: JSON for everything the CLI shows, and its mutations (loopback or token only).
+
+Each endpoint calls the same domain function as its CLI command, on a worker
+thread with a connection of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+from collections.abc import Callable
+from typing import Any
+
+import sqlite_utils
+from aiohttp import web
+
+from .. import db as queries
+from ..branches import current_manifest_id, promote, rollback
+from ..diff import diff, load_side
+from ..errors import BadRequest, Forbidden
+from ..manifest import (
+    check_recordings_exist,
+    export_lockfile,
+    freeze,
+    load_manifest,
+    resolve_manifest_id,
+)
+from ..store import FileStore
+from .keys import CONFIG
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/_/api/recordings", recordings),
+        web.get("/_/api/recordings/{name}", recording),
+        web.get("/_/api/manifests", manifests),
+        web.get("/_/api/manifests/{id}", manifest),
+        web.get("/_/api/branches", branches),
+        web.get("/_/api/branches/{name}/log", branch_log),
+        web.get("/_/api/diff", difference),
+        web.post("/_/api/freeze", freeze_recordings),
+        web.post("/_/api/branches/{name}/promote", promote_branch),
+        web.post("/_/api/branches/{name}/rollback", rollback_branch),
+    ]
+
+
+async def _run(request: web.Request, operation: Callable[..., Any], *args: Any) -> Any:
+    """operation(config, db, store, *args) on a worker thread with its own connection."""
+    config = request.app[CONFIG]
+
+    def call() -> Any:
+        database = queries.connect(config.data_dir / "debcache.db")
+        try:
+            return operation(config, database, FileStore(config.data_dir), *args)
+        finally:
+            database.conn.close()
+
+    return await asyncio.to_thread(call)
+
+
+def _json(document: object) -> web.Response:
+    return web.Response(
+        text=json.dumps(document, indent=2, sort_keys=True), content_type="application/json"
+    )
+
+
+def check_may_change(request: web.Request) -> None:
+    """Mutations come from this machine, or carry `Authorization: Bearer <admin_token>`."""
+    if _is_loopback(request.remote):
+        return
+    token = request.app[CONFIG].admin_token
+    offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if token and hmac.compare_digest(offered.encode(), token.encode()):
+        return
+    raise Forbidden(
+        "changes through the API need a loopback client or the admin token",
+        "send Authorization: Bearer <[server] admin_token>, or run the CLI on the server",
+    )
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+async def _body(request: web.Request) -> dict:
+    try:
+        document = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest(
+            "the request body is not JSON", 'send e.g. {"manifest": "1a2b3c"}'
+        ) from None
+    if not isinstance(document, dict):
+        raise BadRequest("the request body must be a JSON object", 'send e.g. {"manifest": "1a2b"}')
+    return document
+
+
+# --- reading ----------------------------------------------------------------------
+
+
+async def recordings(request: web.Request) -> web.Response:
+    return _json(await _run(request, lambda c, db, s: queries.recording_summaries(db)))
+
+
+async def recording(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+
+    def files(config, db: sqlite_utils.Database, store) -> list[dict]:
+        check_recordings_exist(db, [name])
+        return queries.recorded_files(db, [name])
+
+    return _json(await _run(request, files))
+
+
+async def manifests(request: web.Request) -> web.Response:
+    rows = await _run(request, lambda c, db, s: queries.manifest_rows(db))
+    return _json(
+        [{k: v for k, v in r.items() if k not in ("releases", "unverified")} for r in rows]
+    )
+
+
+async def manifest(request: web.Request) -> web.Response:
+    reference = request.match_info["id"]
+    found = await _run(
+        request, lambda c, db, s: load_manifest(db, resolve_manifest_id(db, reference))
+    )
+    return _json(export_lockfile(found))
+
+
+async def branches(request: web.Request) -> web.Response:
+    return _json(await _run(request, lambda c, db, s: queries.branch_rows(db)))
+
+
+async def branch_log(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+
+    def history(config, db, store) -> list[dict]:
+        current_manifest_id(db, name)
+        return queries.branch_history(db, name)
+
+    return _json(await _run(request, history))
+
+
+async def difference(request: web.Request) -> web.Response:
+    a, b = request.query.get("a"), request.query.get("b")
+    if not a or not b:
+        raise BadRequest("diff needs ?a=...&b=...", "name two manifests, branches or recordings")
+    result = await _run(
+        request, lambda c, db, s: diff(load_side(c, db, s, a), load_side(c, db, s, b))
+    )
+    return _json(result.as_json())
+
+
+# --- changing ---------------------------------------------------------------------
+
+
+async def freeze_recordings(request: web.Request) -> web.Response:
+    """{"recordings": [...], "label": ..., "promote": BRANCH, "allow_unverified": false}"""
+    check_may_change(request)
+    body = await _body(request)
+    names = body.get("recordings")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise BadRequest("recordings must be a list of names", 'send {"recordings": ["run-1"]}')
+
+    def operation(config, db, store) -> dict:
+        made, created = freeze(
+            config,
+            db,
+            store,
+            names,
+            label=body.get("label"),
+            allow_unverified=bool(body.get("allow_unverified")),
+        )
+        if body.get("promote"):
+            promote(db, store, str(body["promote"]), made.id, note=f"freeze {' '.join(names)}")
+        return {"id": made.id, "files": len(made.entries), "bytes": made.bytes, "created": created}
+
+    return _json(await _run(request, operation))
+
+
+async def promote_branch(request: web.Request) -> web.Response:
+    """{"manifest": ID, "note": ...}"""
+    check_may_change(request)
+    body = await _body(request)
+    name = request.match_info["name"]
+    change = await _run(
+        request,
+        lambda c, db, s: promote(db, s, name, str(body.get("manifest", "")), body.get("note")),
+    )
+    return _json(change.__dict__)
+
+
+async def rollback_branch(request: web.Request) -> web.Response:
+    """{"to": ID or null, "note": ...}"""
+    check_may_change(request)
+    body = await _body(request)
+    name = request.match_info["name"]
+    change = await _run(
+        request, lambda c, db, s: rollback(db, s, name, body.get("to"), body.get("note"))
+    )
+    return _json(change.__dict__)
