@@ -66,7 +66,6 @@ class Download:
         self.error: DebcacheError | None = None
         self._progress = asyncio.Event()
         self.finished = asyncio.Event()
-        self.readers = 0
 
     @property
     def done(self) -> bool:
@@ -132,7 +131,6 @@ class Download:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; raises the download's error instead of the final byte(s)."""
-        self.readers += 1
         fd = self._open_body()
         offset = 0
         try:
@@ -153,7 +151,6 @@ class Download:
                     await progress.wait()
         finally:
             os.close(fd)
-            self.readers -= 1
 
     def _open_body(self) -> int:
         try:
@@ -162,7 +159,6 @@ class Download:
             # Finished meanwhile: renamed into the store, or unlinked after a failure.
             if self.result is not None and self.result.blob is not None:
                 return os.open(self.result.blob, os.O_RDONLY)
-            self.readers -= 1
             error = self.error or UpstreamUnavailable(f"the download of {self.key[1]} failed")
             raise error from None
 
@@ -177,12 +173,6 @@ class Download:
         if self.content_length is None:
             return self.written
         return min(self.written, self.content_length - 1)
-
-
-@dataclass
-class Joined:
-    download: Download
-    started: bool  # False when the client joined a download already under way
 
 
 class Downloads:

@@ -198,7 +198,7 @@ class Freezer:
             return None
         info, release_files, sha256 = release
         for path, (digest, size) in release_files.items():
-            self._add(Entry(upstream.name, path, digest, size))
+            self.add(Entry(upstream.name, path, digest, size))
         self.releases[f"{upstream.name} {suite}"] = {
             "date": info.date,
             "sha256": sha256,
@@ -301,8 +301,8 @@ class Freezer:
             if canonical is None or digest != sha256:
                 self._problem(upstream.name, path, "by-hash file not listed in the Release file")
                 return
-            self._add(Entry(upstream.name, path, sha256, size))
-            self._add(Entry(upstream.name, f"dists/{suite}/{canonical.name}", sha256, size))
+            self.add(Entry(upstream.name, path, sha256, size))
+            self.add(Entry(upstream.name, f"dists/{suite}/{canonical.name}", sha256, size))
             return
         images = installer_images_dir(path)
         if images is not None:
@@ -314,7 +314,7 @@ class Freezer:
         elif (listed.sha256, listed.size) != (sha256, size):
             self._problem(upstream.name, path, "sha256 or size does not match the Release file")
         else:
-            self._add(Entry(upstream.name, path, sha256, size))
+            self.add(Entry(upstream.name, path, sha256, size))
 
     def _plan_installer_file(
         self,
@@ -331,14 +331,14 @@ class Freezer:
         if listed is None or not self.store.has(listed.sha256):
             self._problem(upstream.name, path, f"{sums_path} is not in the Release file or store")
             return
-        self._add(Entry(upstream.name, sums_path, listed.sha256, listed.size))
+        self.add(Entry(upstream.name, sums_path, listed.sha256, listed.size))
         if path == sums_path:
             return
         sums = parse_checksums_file(self._blob(listed.sha256).read_text(errors="replace"))
         if sums.get(path[len(images) + 1 :]) != sha256:
             self._problem(upstream.name, path, f"does not match {sums_path}")
         else:
-            self._add(Entry(upstream.name, path, sha256, size))
+            self.add(Entry(upstream.name, path, sha256, size))
 
     # Pool files: each must be listed, with the same sha256 and size, in a frozen Packages.
     def _plan_pool(
@@ -365,7 +365,7 @@ class Freezer:
                     upstream.name, path, f"sha256 or size does not match {listing.index_path}"
                 )
             else:
-                self._add(
+                self.add(
                     Entry(
                         upstream.name,
                         path,
@@ -379,7 +379,7 @@ class Freezer:
                 )
                 listings.use(listing)
 
-    def _add(self, entry: Entry) -> None:
+    def add(self, entry: Entry) -> None:
         self.entries[entry.key] = entry
 
     def _problem(self, upstream: str, path: str, reason: str) -> None:
@@ -434,14 +434,14 @@ class PackagesListings:
 
     def use(self, listing: Listing) -> None:
         """Include the index that authenticated a pool file, and its recorded variants."""
-        self.freezer._add(listing.index)
+        self.freezer.add(listing.index)
         directory = listing.index_path.rpartition("/")[0]
         for path, (sha256, size) in self.recorded.items():
             if path.startswith(directory + "/Packages"):
                 info = self.releases[listing.suite]
                 relative = path[len(f"dists/{listing.suite}/") :]
                 if info.entries.get(relative) and info.entries[relative].sha256 == sha256:
-                    self.freezer._add(Entry(self.upstream.name, path, sha256, size))
+                    self.freezer.add(Entry(self.upstream.name, path, sha256, size))
 
     def _directories_for(self, pool_path: str) -> list[tuple[str, str]]:
         component = pool_path.split("/")[1]
@@ -528,7 +528,7 @@ def plan_manifest(
         versions = recorded.files.get(problem.upstream, {}).get(problem.path, set())
         if len(versions) == 1:
             sha256, size = next(iter(versions))
-            freezer._add(Entry(problem.upstream, problem.path, sha256, size))
+            freezer.add(Entry(problem.upstream, problem.path, sha256, size))
     entries = sorted(freezer.entries.values(), key=lambda e: e.key)
     missing = [e for e in entries if not store.has(e.sha256)]
     if missing:
