@@ -80,6 +80,7 @@ class Settings:
     herd_budget: int  # bytes of pool files in the herd set (plus indices and images)
     rss_bytes: int  # bytes each RSS run pulls at c=64
     rss_runs: int
+    peer_rss: bool  # also repeat the RSS runs for the peers
     freeze_files: int
     diff_packages: int
     small_concurrency: tuple[int, ...]
@@ -91,11 +92,12 @@ QUICK = Settings(
     small=100,
     medium=15,
     large_mb=(1, 4, 8),
-    fillers=10_000,
-    wrk_seconds=2,
-    herd_budget=5 * MB,
+    fillers=3_000,
+    wrk_seconds=1,
+    herd_budget=3 * MB,
     rss_bytes=300 * MB,
     rss_runs=5,
+    peer_rss=False,
     freeze_files=2_000,
     diff_packages=60_000,
     small_concurrency=(16,),
@@ -111,6 +113,7 @@ FULL = Settings(
     herd_budget=40 * MB,
     rss_bytes=1100 * MB,
     rss_runs=5,
+    peer_rss=True,
     freeze_files=10_000,
     diff_packages=60_000,
     small_concurrency=(16, 64),
@@ -158,9 +161,16 @@ def stop_all() -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free loopback port below 32768: apt-cacher-ng 3.7 fails to bind to higher ones."""
+    for _ in range(1000):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def wait_port(port: int, process: subprocess.Popen, what: str, timeout: float = 20) -> None:
@@ -243,6 +253,62 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class Profiler:
+    """py-spy flame graphs of debcache's phases, with --profile DIR (none otherwise)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.dir = directory
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            if not shutil.which("py-spy"):
+                subprocess.run(
+                    [sys.executable, "-m", "pip", "install", "--quiet", "py-spy"], check=False
+                )
+            if not shutil.which("py-spy"):
+                print("py-spy could not be installed: no profiles")
+                self.dir = None
+
+    @contextlib.contextmanager
+    def attach(self, name: str, pid: int, gil: bool = True):
+        """Sample a running process (without pausing it) until the block ends."""
+        if self.dir is None:
+            yield
+            return
+        command = ["py-spy", "record", "--pid", str(pid), "--nonblocking", "--rate", "100"]
+        command += ["--gil"] if gil else []
+        command += ["-o", str(self.dir / f"{name}.svg")]
+        sampler = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            yield
+        finally:
+            sampler.send_signal(signal.SIGINT)  # py-spy writes the flame graph on SIGINT
+            try:
+                sampler.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                sampler.kill()
+                sampler.wait()
+
+    def wrap(self, name: str, command: list[str]) -> list[str]:
+        """A command run under py-spy (its timing then includes the sampling overhead)."""
+        if self.dir is None:
+            return command
+        return [
+            "py-spy",
+            "record",
+            "--rate",
+            "200",
+            "-o",
+            str(self.dir / f"{name}.svg"),
+            "--",
+            *command,
+        ]
+
+
+PROFILER = Profiler(None)
 
 
 # --- installing the tools -------------------------------------------------------------
@@ -640,9 +706,13 @@ class Debcache(System):
             time.sleep(0.05)
         raise TimeoutError("debcache did not answer /_/health")
 
-    def cli(self, *args: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, float]:
+    def cli(
+        self, *args: str, timeout: float = 900, profile: str | None = None
+    ) -> tuple[subprocess.CompletedProcess, float]:
         """Run the debcache command line on this server's configuration; (result, seconds)."""
         command = [sys.executable, "-m", "debcache", "--config", str(self.config), *args]
+        if profile:
+            command = PROFILER.wrap(profile, command)
         started = time.perf_counter()
         result = subprocess.run(
             command,
@@ -910,6 +980,8 @@ class Wrk:
             "bytes": summary["bytes"],
             "seconds": round(duration, 3),
             "req_s": round(summary["requests"] / duration, 1),
+            # responses that were not errors (non-2xx count as errors in wrk)
+            "ok_req_s": round((summary["requests"] - summary["status"]) / duration, 1),
             "MB_s": round(summary["bytes"] / duration / MB, 1),
             "errors": errors,
             "error_kinds": {
@@ -988,7 +1060,8 @@ class Bench:
         if prefetch.failures:
             self.note(f"{system.name}: warm-up fetch failures {prefetch.failures}")
         for connections in concurrencies:
-            record = self.wrk.run(system, self.fx.pool, connections, self.s.wrk_seconds)
+            with self.profiled(system, f"warm-c{connections}", connections == 64):
+                record = self.wrk.run(system, self.fx.pool, connections, self.s.wrk_seconds)
             self.row("warm", {"system": system.name, "concurrency": connections, **record})
 
     def small(self, system: System) -> None:
@@ -1010,7 +1083,8 @@ class Bench:
         if upstream_log:
             upstream_log.mark()
         cpu0, started = own_cpu(), time.perf_counter()
-        stats = asyncio.run(fetch_sequentially(system, paths, self.fx, 1))
+        with self.profiled(system, "cold"):
+            stats = asyncio.run(fetch_sequentially(system, paths, self.fx, 1))
         wall = time.perf_counter() - started
         record = {
             "system": system.name,
@@ -1105,7 +1179,7 @@ class Bench:
             r for r in self.results["warm"] if r["system"] == system.name and r["concurrency"] == 64
         ]
         rate = warm64[-1]["MB_s"] if warm64 else 500
-        seconds = round(min(max(self.s.rss_bytes / MB / max(rate, 1), 2), 30))
+        seconds = round(min(max(self.s.rss_bytes / MB / max(rate, 1), self.s.wrk_seconds), 30))
         before = tree_rss_mb(system.pid)
         after_runs, pulled, peaks = [], [], []
         for _ in range(self.s.rss_runs):
@@ -1130,6 +1204,11 @@ class Bench:
                 ),
             },
         )
+
+    def profiled(self, system: System, phase: str, wanted: bool = True):
+        if wanted and isinstance(system, Debcache | Pinned):
+            return PROFILER.attach(f"{system.name}-{phase}", system.pid)
+        return contextlib.nullcontext()
 
     def note(self, text: str) -> None:
         self.results["notes"].append(text)
@@ -1182,6 +1261,8 @@ class Bench:
         seconds = time.perf_counter() - started
         self.wait_rows(debcache, "f10k", count + first.files, deadline=120)
         result, freeze_seconds = debcache.cli("freeze", "f10k", "--name", "f10k", "--json")
+        if PROFILER.dir is not None:  # again, under py-spy (the timing above is without it)
+            debcache.cli("freeze", "f10k", "--name", "f10k-again", profile="freeze")
         files = json.loads(result.stdout)["files"] if result.returncode == 0 else None
         record = {
             "recorded_files": stats.files,
@@ -1289,6 +1370,12 @@ class Bench:
                 self.results["diff"] = {"ok": False}
                 return
             ids.append(lockfile["id"])
+        if PROFILER.dir is not None:
+            subprocess.run(
+                PROFILER.wrap("diff", [sys.executable, "-m", "debcache", "--config", str(config),
+                                        "diff", ids[0][:12], ids[1][:12]]),
+                env=debcache_env(), cwd=REPO, capture_output=True, check=False,
+            )  # fmt: skip
         timings = {}
         for label, extra in (("text", []), ("json", ["--json"])):
             started = time.perf_counter()
@@ -1395,7 +1482,8 @@ class Bench:
                 self.warm(peer)
                 self.small(peer)
                 self.apt(peer)
-                self.rss(peer)
+                if self.s.peer_rss:
+                    self.rss(peer)
             except (RuntimeError, TimeoutError, OSError) as exc:
                 self.results["skipped"][name] = f"failed while running: {exc}"
                 self.say(f"  {name} failed: {exc}")
@@ -1473,8 +1561,9 @@ def evaluate_targets(results: dict) -> list[dict]:
             )
             target(
                 f"small files ({row['kind']}, c={row['concurrency']}) ahead of apt-cacher-ng",
-                None if acng is None else row["req_s"] > acng["req_s"],
-                f"{row['req_s']} req/s vs {acng['req_s'] if acng else 'n/a'}",
+                None if acng is None else row["ok_req_s"] > acng["ok_req_s"],
+                f"{row['ok_req_s']} ok req/s vs {acng['ok_req_s'] if acng else 'n/a'}"
+                + (f" ({acng['errors']} errors)" if acng and acng["errors"] else ""),
             )
     rss = next((r for r in results["rss"] if r["system"] == "debcache"), None)
     if rss:
@@ -1588,6 +1677,11 @@ def machine() -> dict:
     }
 
 
+def git(*args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+    return result.stdout.strip()
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--relay"]:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -1598,7 +1692,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure as JSON")
     parser.add_argument("--no-peers", action="store_true", help="skip apt-cacher-ng and approx")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="py-spy flame graphs of debcache's phases"
+    )
     args = parser.parse_args()
+    global PROFILER
+    PROFILER = Profiler(args.profile)
     settings = QUICK if args.quick else FULL
     started = time.perf_counter()
     if os.geteuid() != 0:
@@ -1626,6 +1725,9 @@ def main() -> None:
         "settings": settings.__dict__,
         "rate_limit_bytes_per_s_per_connection": RATE_LIMIT,
         "runtime_seconds": round(time.perf_counter() - started, 1),
+        "debcache_commit": git("rev-parse", "--short", "HEAD"),
+        "debcache_uncommitted": git("status", "--short", "debcache/").splitlines(),
+        "profiles": str(args.profile) if args.profile else None,
     }
     print_summary(results)
     print(f"\nruntime {results['meta']['runtime_seconds']} s ({settings.mode})")
