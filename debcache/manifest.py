@@ -424,6 +424,8 @@ class PackagesListings:
         )
         self._parsed: set[tuple[str, str]] = set()
         self._listings: dict[str, Listing] = {}
+        self._used_directories: set[str] = set()
+        self._directories: dict[str, list[str]] = {}
 
     def find(self, pool_path: str) -> Listing | None:
         for suite, directory in self._directories_for(pool_path):
@@ -434,11 +436,14 @@ class PackagesListings:
 
     def use(self, listing: Listing) -> None:
         """Include the index that authenticated a pool file, and its recorded variants."""
-        self.freezer.add(listing.index)
         directory = listing.index_path.rpartition("/")[0]
+        if directory in self._used_directories:
+            return  # thousands of pool files share one index: include it once
+        self._used_directories.add(directory)
+        self.freezer.add(listing.index)
+        info = self.releases[listing.suite]
         for path, (sha256, size) in self.recorded.items():
             if path.startswith(directory + "/Packages"):
-                info = self.releases[listing.suite]
                 relative = path[len(f"dists/{listing.suite}/") :]
                 if info.entries.get(relative) and info.entries[relative].sha256 == sha256:
                     self.freezer.add(Entry(self.upstream.name, path, sha256, size))
@@ -449,9 +454,8 @@ class PackagesListings:
         match = re.search(r"_([a-z0-9-]+)\.(u?deb)$", name)
         architecture, kind = (match.group(1), match.group(2)) if match else ("", "")
         candidates = []
-        for suite, info in sorted(self.releases.items()):
-            directories = sorted({entry.name.rpartition("/")[0] for entry in info.entries.values()})
-            for directory in directories:
+        for suite in sorted(self.releases):
+            for directory in self._index_directories(suite):
                 parts = directory.split("/")
                 if parts[0] != component or not parts[-1].startswith("binary-"):
                     continue
@@ -461,6 +465,13 @@ class PackagesListings:
                 if architecture in (arch, "") or architecture == "all":
                     candidates.append((suite, directory))
         return candidates
+
+    def _index_directories(self, suite: str) -> list[str]:
+        """The directories a suite's Release lists files in (computed once per suite)."""
+        if suite not in self._directories:
+            entries = self.releases[suite].entries.values()
+            self._directories[suite] = sorted({e.name.rpartition("/")[0] for e in entries})
+        return self._directories[suite]
 
     def _parse(self, suite: str, directory: str) -> None:
         if (suite, directory) in self._parsed:
