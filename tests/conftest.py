@@ -62,6 +62,26 @@ def keyed_debcache(tmp_path: Path, mirror: FakeMirror, archive: Archive):
 
 
 @pytest.fixture
+def own_archive(tmp_path: Path) -> Archive:
+    """An archive this test may change (point releases, republished suites)."""
+    return build_test_archive(tmp_path / "www")
+
+
+@pytest.fixture
+def own_mirror(own_archive: Archive):
+    with FakeMirror(own_archive.root) as server:
+        yield server
+
+
+@pytest.fixture
+def own_debcache(tmp_path: Path, own_mirror: FakeMirror, own_archive: Archive):
+    """debcache trusting own_archive's key, so that freeze can verify."""
+    server = keyed_debcache_for(tmp_path, own_mirror, own_archive)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def apt(tmp_path: Path) -> AptRoot:
     """An isolated apt state directory."""
     return AptRoot(tmp_path / "apt")

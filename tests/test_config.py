@@ -12,12 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from processes import free_port, start_serve
 
 from debcache.cli import cli
 from debcache.config import DEBIAN_ARCHIVE_KEYRING, discover_upstreams, load_config
@@ -165,12 +165,6 @@ def test_a_missing_config_file_is_reported(tmp_path: Path) -> None:
     assert "no such configuration file" in result.output
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_debcache_serve_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "debcache.toml"
@@ -178,21 +172,10 @@ def test_debcache_serve_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> N
         f'[server]\nlisten = ["127.0.0.1:{port}"]\ndata_dir = "{tmp_path / "data"}"\n'
         '[upstreams.debian]\nurls = ["http://127.0.0.1:9/debian"]\n'
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "debcache", "--config", str(config), "serve"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_serve(config, port, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_/health") as reply:
-                    assert reply.read() == b"ok\n"
-                    break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline
-                time.sleep(0.05)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_/health") as reply:
+            assert reply.read() == b"ok\n"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
         log = process.stderr.read()

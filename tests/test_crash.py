@@ -12,43 +12,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from archive_fixture import Archive
 from fake_mirror import FakeMirror, Fault
 from http_client import get
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_serve(config: Path, port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "debcache", "--config", str(config), "serve"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_/health", timeout=1):
-                return process
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-
-
-def wait_for(condition, what: str, deadline: float = 20) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.02)
+from processes import free_port, start_serve, wait_until
 
 
 def test_kill_9_mid_download_leaves_nothing_corrupt(
@@ -62,19 +31,20 @@ def test_kill_9_mid_download_leaves_nothing_corrupt(
     )
     bigpkg = archive.pool_path("bigpkg")
     mirror.set_fault(f"/debian/{bigpkg}", Fault.slow(chunk=65536, delay=0.05, times=1))
-    server = start_serve(config, port)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    server = start_serve(config, port, **quiet)
     try:
         client = socket.create_connection(("127.0.0.1", port), timeout=30)
         client.sendall(f"GET /debian/{bigpkg} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert client.recv(100).startswith(b"HTTP/1.1 200")
         partials = lambda: [p for p in (data / "tmp").iterdir() if p.stat().st_size > 0]  # noqa: E731
-        wait_for(partials, "a partial download")
+        wait_until(partials, "a partial download")
         os.kill(server.pid, signal.SIGKILL)
         server.wait(timeout=10)
         client.close()
         assert partials()  # the crash left a partial file behind...
 
-        server = start_serve(config, port)
+        server = start_serve(config, port, **quiet)
         assert list((data / "tmp").iterdir()) == []  # ...which the restart swept away
         for blob in (data / "blobs" / "sha256").glob("*/*"):
             assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name

@@ -17,7 +17,7 @@ import pytest
 from archive_fixture import MINBASE, Archive, build_test_archive, point_release
 from debcache_server import DebcacheServer
 from fake_mirror import FakeMirror
-from workflow import freeze_json, keyed_debcache_for, manifest_json
+from workflow import freeze_json, manifest_json
 
 DEBOOTSTRAP_TIMEOUT = 120
 # What debootstrap's minbase fetches from bookworm (MINBASE), with versions.
@@ -161,44 +161,32 @@ def own_archive(request: pytest.FixtureRequest, tmp_path: Path) -> Archive:
     return archive
 
 
-@pytest.fixture
-def own_mirror(own_archive: Archive):
-    with FakeMirror(own_archive.root) as server:
-        yield server
-
-
-@pytest.fixture
-def cache(tmp_path: Path, own_mirror: FakeMirror, own_archive: Archive):
-    """debcache trusting own_archive's key, so that freeze can verify."""
-    server = keyed_debcache_for(tmp_path, own_mirror, own_archive)
-    yield server
-    server.stop()
-
-
 def test_a_recorded_debootstrap_is_pinned_through_a_point_release_and_a_dead_mirror(
-    cache: DebcacheServer, own_archive: Archive, own_mirror: FakeMirror, tmp_path: Path
+    own_debcache: DebcacheServer, own_archive: Archive, own_mirror: FakeMirror, tmp_path: Path
 ) -> None:
-    recorded = debootstrap(own_archive, tmp_path / "recorded", f"{cache.url}/record/boot-1/debian")
+    recorded = debootstrap(
+        own_archive, tmp_path / "recorded", f"{own_debcache.url}/record/boot-1/debian"
+    )
     assert recorded == minbase_of(own_archive)
-    rows = cache.wait_for_fetches(len(own_mirror.requests), recording="boot-1")
+    rows = own_debcache.wait_for_fetches(len(own_mirror.requests), recording="boot-1")
     assert all(r["complete"] for r in rows)
-    frozen = freeze_json(cache, "boot-1", "--promote", "minbase")
+    frozen = freeze_json(own_debcache, "boot-1", "--promote", "minbase")
     assert frozen["promoted"] == "minbase" and frozen["unverified"] == []
-    entries = manifest_json(cache, frozen["id"])["entries"]
+    entries = manifest_json(own_debcache, frozen["id"])["entries"]
     assert {e["package"]: e["version"] for e in entries if e["package"]} == MINBASE_DEBS
 
     changes = point_release(own_archive)
     assert changes["libc6"] == ("2.36-9+deb12u1", "2.36-9+deb12u2")
     # The live path follows the point release...
-    live = debootstrap(own_archive, tmp_path / "live", f"{cache.url}/debian")
+    live = debootstrap(own_archive, tmp_path / "live", f"{own_debcache.url}/debian")
     assert live == minbase_of(own_archive, {**MINBASE_DEBS, "libc6": "2.36-9+deb12u2"})
 
     # ...the pin does not, and needs no mirror.
     own_mirror.stop()
     before = len(own_mirror.requests)
-    pinned = debootstrap(own_archive, tmp_path / "pinned", f"{cache.url}/pin/minbase/debian")
+    pinned = debootstrap(own_archive, tmp_path / "pinned", f"{own_debcache.url}/pin/minbase/debian")
     assert pinned == recorded
     assert len(own_mirror.requests) == before
     # The pin answered what the recording got, as the recording got it.
-    served = {(r["path"], r["status"]) for r in cache.fetches() if r["source"] == "pinned"}
+    served = {(r["path"], r["status"]) for r in own_debcache.fetches() if r["source"] == "pinned"}
     assert served == {(r["path"], r["status"]) for r in rows}
