@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 from debcache_server import DebcacheServer, make_config, write_config_file
 from fake_mirror import FakeMirror, Fault
 from http_client import get
+from processes import wait_until
 from workflow import freeze_json, manifest_json, record_install, run
 
 from debcache.cli import cli
@@ -299,3 +300,44 @@ def test_an_ambiguous_id_prefix_lists_the_candidates(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="ambiguous: abcd11110000, abcd22220000"):
         resolve_manifest_id(database, "abcd")
     assert resolve_manifest_id(database, "abcd2").startswith("abcd2222")
+
+
+def test_a_second_site_imports_from_the_first_debcache_with_the_mirror_gone(
+    keyed_debcache: DebcacheServer,
+    apt: AptRoot,
+    archive: Archive,
+    mirror: FakeMirror,
+    tmp_path: Path,
+) -> None:
+    record_install(keyed_debcache, apt, archive, mirror, "site-a", "hello", "bigpkg")
+    frozen = freeze_json(keyed_debcache, "site-a")
+    lockfile = tmp_path / "lock.json"
+    lockfile.write_text(run(keyed_debcache, "manifests", "export", frozen["id"][:12]).output)
+
+    # Site B knows no reachable mirror: every blob must come from site A's /manifest/.
+    site = make_config(tmp_path / "site-b", {"debian": ["http://127.0.0.1:9/debian"]})
+    site_file = write_config_file(site, tmp_path / "site-b.toml")
+    mirror.reset()
+    imported = CliRunner().invoke(
+        cli,
+        [
+            "--config",
+            str(site_file),
+            "manifests",
+            "import",
+            str(lockfile),
+            "--from",
+            keyed_debcache.url,
+        ],
+    )
+    assert imported.exit_code == 0, imported.output
+    assert mirror.requests == []
+    bigpkg = archive.pool_path("bigpkg")
+    wait_until(  # served by site A's /manifest/<id>/, and logged there
+        lambda: bigpkg in {r["path"] for r in keyed_debcache.fetches() if r["source"] == "pinned"},
+        "site A to log the /manifest/ fetch",
+    )
+    shown = CliRunner().invoke(
+        cli, ["--config", str(site_file), "manifests", "show", frozen["id"], "--json"]
+    )
+    assert json.loads(shown.output)["id"] == frozen["id"]
