@@ -54,8 +54,9 @@ def promote(
     """Point `branch` at a manifest whose blobs are all present and intact."""
     check_branch_name(branch)
     manifest = load_manifest(db, resolve_manifest_id(db, manifest_ref))
-    check_blobs_intact(store, manifest, progress)
-    previous = queries.set_branch(db, branch, "promote", manifest.id, note, time.time())
+    with store.exclusive():
+        check_blobs_intact(store, manifest, progress)
+        previous = queries.set_branch(db, branch, "promote", manifest.id, note, time.time())
     return Change(branch, manifest.id, previous)
 
 
@@ -83,8 +84,9 @@ def rollback(
     else:
         target = resolve_manifest_id(db, to)
     manifest = load_manifest(db, target)
-    check_blobs_intact(store, manifest)
-    previous = queries.set_branch(db, branch, "rollback", manifest.id, note, time.time())
+    with store.exclusive():
+        check_blobs_intact(store, manifest)
+        previous = queries.set_branch(db, branch, "rollback", manifest.id, note, time.time())
     return Change(branch, manifest.id, previous)
 
 

@@ -38,6 +38,13 @@ def collect_garbage(
     db: sqlite_utils.Database, store: FileStore, max_size: int, dry_run: bool = False
 ) -> GcReport:
     """Evict unprotected blobs, least recently used first, until the store fits max_size."""
+    with store.exclusive():  # no promote may pick a blob between choosing and deleting
+        return _collect_garbage(db, store, max_size, dry_run)
+
+
+def _collect_garbage(
+    db: sqlite_utils.Database, store: FileStore, max_size: int, dry_run: bool
+) -> GcReport:
     protected = queries.protected_sha256s(db, PROTECTED_HISTORY)
     last_used = queries.blob_last_used(db)
     blobs = []

@@ -248,35 +248,45 @@ class Freezer:
         if keyring is None:
             self._problem(upstream.name, prefix + "InRelease", "the upstream has no keyring")
             return None
+        # Every form present is verified (d-i and debootstrap fetch Release + Release.gpg,
+        # apt InRelease): all go into the manifest, and they must say the same.
+        verified: dict[str, ReleaseInfo] = {}
+        files: dict[str, tuple[str, int]] = {}
         for name, detached in (("InRelease", None), ("Release", "Release.gpg")):
             signed = forms[name]
             if signed is None or (detached and forms[detached] is None):
                 continue
             try:
-                if detached:
-                    text = verify_signature(
-                        keyring, self._blob(forms[detached][0]), self._blob(signed[0])
-                    )
-                else:
-                    text = verify_signature(keyring, self._blob(signed[0]))
-            except (SignatureError, FileNotFoundError) as exc:
-                reason = (
-                    f"bad signature ({exc})"
-                    if isinstance(exc, SignatureError)
-                    else "blob missing from store"
-                )
-                self._problem(upstream.name, prefix + name, reason)
+                blob = self._blob(signed[0])
+                signature = self._blob(forms[detached][0]) if detached else None
+                text = verify_signature(keyring, signature or blob, blob if detached else None)
+            except SignatureError as exc:
+                self._problem(upstream.name, prefix + name, f"bad signature ({exc})")
                 return None
-            files = {prefix + name: signed}
+            except FileNotFoundError:
+                self._problem(upstream.name, prefix + name, "blob missing from store")
+                return None
+            verified[name] = parse_release(text)
+            files[prefix + name] = signed
             if detached:
                 files[prefix + detached] = forms[detached]
-            return parse_release(text), files, signed[0]
-        self._problem(
-            upstream.name,
-            prefix + "InRelease",
-            "no InRelease or Release+Release.gpg recorded or cached",
-        )
-        return None
+        if not verified:
+            self._problem(
+                upstream.name,
+                prefix + "InRelease",
+                "no InRelease or Release+Release.gpg recorded or cached",
+            )
+            return None
+        states = {(info.date, tuple(sorted(info.entries.items()))) for info in verified.values()}
+        if len(states) > 1:
+            raise FreezeError(
+                f"the recordings saw two states of {upstream.name} {suite}: InRelease dated "
+                f"{verified['InRelease'].date} and Release dated {verified['Release'].date}; "
+                "a point release happened while they ran",
+                "record the install again and freeze the new recording alone",
+            )
+        main = forms["InRelease"] or forms["Release"]
+        return next(iter(verified.values())), files, main[0]
 
     def _cached(self, upstream: Upstream, path: str) -> tuple[str, int] | None:
         sha256 = queries.cached_sha256(self.db, upstream.name, path)
@@ -304,13 +314,16 @@ class Freezer:
             self.add(Entry(upstream.name, path, sha256, size))
             self.add(Entry(upstream.name, f"dists/{suite}/{canonical.name}", sha256, size))
             return
+        listed = info.entries.get(relative)
         images = installer_images_dir(path)
-        if images is not None:
+        if images is not None and listed is None:  # SHA256SUMS vouches for the images
             self._plan_installer_file(upstream, suite, info, images, path, sha256, size)
             return
-        listed = info.entries.get(relative)
         if listed is None:
-            self._problem(upstream.name, path, "not listed in the Release file")
+            reason = "not listed in the Release file"
+            if "/Packages.diff/" in path:
+                reason += " (a pdiff: record with -o Acquire::PDiffs=false)"
+            self._problem(upstream.name, path, reason)
         elif (listed.sha256, listed.size) != (sha256, size):
             self._problem(upstream.name, path, "sha256 or size does not match the Release file")
         else:
@@ -449,7 +462,9 @@ class PackagesListings:
                     self.freezer.add(Entry(self.upstream.name, path, sha256, size))
 
     def _directories_for(self, pool_path: str) -> list[tuple[str, str]]:
-        component = pool_path.split("/")[1]
+        # The component is not taken from the pool path: the security archive files
+        # main's packages under pool/updates/main/.
+        components = set(pool_path.split("/")[1:-1])
         name = pool_path.rpartition("/")[2]
         match = re.search(r"_([a-z0-9-]+)\.(u?deb)$", name)
         architecture, kind = (match.group(1), match.group(2)) if match else ("", "")
@@ -457,7 +472,7 @@ class PackagesListings:
         for suite in sorted(self.releases):
             for directory in self._index_directories(suite):
                 parts = directory.split("/")
-                if parts[0] != component or not parts[-1].startswith("binary-"):
+                if parts[0] not in components or not parts[-1].startswith("binary-"):
                     continue
                 if (kind == "udeb") != ("debian-installer" in parts):
                     continue

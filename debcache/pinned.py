@@ -25,6 +25,7 @@ from . import db as queries
 from .archive import (
     RELEASE_NAMES,
     PathKind,
+    SignatureError,
     by_hash_sha256,
     classify_path,
     is_packages_index,
@@ -35,7 +36,7 @@ from .archive import (
 from .archive import upstream_url as url_of
 from .config import Config
 from .db import Database
-from .errors import NotFound, UpstreamUnavailable
+from .errors import Forbidden, NotFound, UpstreamUnavailable
 from .inflight import http_date_timestamp
 from .manifest import SHORT_ID
 from .resign import resign_release
@@ -195,9 +196,8 @@ class PinnedFiles:
     ) -> dict[str, tuple[str, int]]:
         files = await self._files(manifest_id)
         prefix = f"dists/{suite}/"
-        in_release, release = (
-            files.get((upstream, prefix + "InRelease")),
-            files.get((upstream, prefix + "Release")),
+        in_release, release, release_gpg = (
+            files.get((upstream, prefix + name)) for name in ("InRelease", "Release", "Release.gpg")
         )
         if in_release is None and release is None:
             return {}
@@ -206,15 +206,28 @@ class PinnedFiles:
         )
 
         def make() -> dict[str, tuple[str, int]]:
-            if release is not None:  # verified against Release.gpg when it was frozen
-                text = self.store.local_path(release[0]).read_bytes()
-            elif keyring is None:
+            # Verified again, never trusted: a manifest may hold a Release let in by
+            # --allow-unverified or an imported lockfile, and debcache's signature is
+            # one that clients trust.
+            if keyring is None:
                 raise NotFound(
-                    f"no keyring for upstream {upstream} to read its frozen InRelease",
+                    f"no keyring for upstream {upstream} to check its frozen Release",
                     f"configure [upstreams.{upstream}] keyring",
                 )
-            else:
-                text = verify_signature(keyring, self.store.local_path(in_release[0]))
+            blob = self.store.local_path
+            try:
+                if in_release is not None:
+                    text = verify_signature(keyring, blob(in_release[0]))
+                elif release_gpg is not None:
+                    text = verify_signature(keyring, blob(release_gpg[0]), blob(release[0]))
+                else:
+                    raise SignatureError("the manifest has Release but no Release.gpg")
+            except SignatureError as exc:
+                raise Forbidden(
+                    f"the frozen Release of {upstream} {suite} in manifest "
+                    f"{manifest_id[:SHORT_ID]} does not verify ({exc}); debcache won't re-sign it",
+                    "freeze a recording whose Release verifies with the upstream's keyring",
+                ) from None
             signed = resign_release(self.config.data_dir, text)
             return {
                 name: (self.store.put(content)[0], len(content))

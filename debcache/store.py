@@ -8,11 +8,13 @@ in `tmp/`, which `FileStore.open` sweeps away.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -93,6 +95,18 @@ class FileStore:
         blob = self.commit(temp, sha256)
         self.sync_directory(blob.parent)
         return sha256, blob
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Held by whatever decides which blobs must stay (promote, rollback) and whatever
+        deletes blobs (gc), so a branch never points at a blob gc has just chosen."""
+        self.blobs.parent.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.blobs.parent.parent / "store.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @staticmethod
     def sync_directory(directory: Path) -> None:

@@ -116,3 +116,15 @@ def test_mutations_need_loopback_or_the_token(
     else:
         with pytest.raises(Forbidden):
             check_may_change(request)
+
+
+def test_changes_take_only_json_bodies(keyed_debcache: DebcacheServer) -> None:
+    # A web page can POST text/plain cross-site without a preflight; JSON it can't.
+    reply = request(
+        keyed_debcache.url,
+        "/_/api/branches/b/rollback",
+        "POST",
+        {"Content-Type": "text/plain"},
+        body=b"{}",
+    )
+    assert reply.status == 400 and b"application/json" in reply.body

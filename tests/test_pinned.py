@@ -190,7 +190,8 @@ def test_pinned_files_have_validators_and_manifest_urls_are_immutable(
 
     pinned = get(own_debcache.url, f"/pin/b1/debian/{hello}")
     assert pinned.body == body and pinned.header("X-Debcache-Manifest") == manifest
-    assert "max-age=10" in pinned.header("Cache-Control")
+    assert pinned.header("Cache-Control") == "no-cache"  # a promote must reach caches at once
+    assert pinned.header("ETag") == f'"{own_archive.sha256(hello)}"'
     head = get(own_debcache.url, f"/pin/b1/debian/{hello}", method="HEAD")
     assert (
         head.status == 200 and head.body == b"" and head.header("Content-Length") == str(len(body))

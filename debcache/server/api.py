@@ -88,6 +88,12 @@ def _is_loopback(address: str | None) -> bool:
 
 
 async def _body(request: web.Request) -> dict:
+    # Only JSON: a browser cannot send that cross-site without a CORS preflight, which
+    # debcache never grants, so a web page can't drive the API of a cache on its host.
+    if request.content_type != "application/json":
+        raise BadRequest(
+            "changes through the API take a JSON body", "send Content-Type: application/json"
+        )
     try:
         document = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -22,7 +22,9 @@ from .keys import FETCH_LOG, PINNED
 from .responses import IMMUTABLE, archive_headers, send_blob
 
 log = logging.getLogger(__name__)
-PIN_MAX_AGE = "public, max-age=10"  # short: a promote must reach HTTP caches soon
+# A promote takes effect for the next request, HTTP caches in front included: they
+# revalidate (ETag, Last-Modified) every time. /manifest/ URLs are the cacheable ones.
+PIN_MAX_AGE = "no-cache"
 MANIFEST_HEADER = "X-Debcache-Manifest"
 
 
