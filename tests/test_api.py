@@ -74,8 +74,9 @@ def test_api_errors_are_one_line_with_the_right_status(keyed_debcache: DebcacheS
     assert status == 404 and "No recording named 'nope'" in text
 
 
-def mocked(remote: str, token: str, offered: str | None):
+def mocked(remote: str, token: str, offered: str | None, host: str = "127.0.0.1:3142"):
     headers = {"Authorization": f"Bearer {offered}"} if offered else {}
+    headers["Host"] = host
     app = {
         CONFIG: Config(listen=(), data_dir=Path("/nonexistent"), upstreams={}, admin_token=token)
     }
@@ -92,6 +93,14 @@ class _Transport:
 
     def is_closing(self) -> bool:
         return False
+
+
+def test_loopback_trust_does_not_extend_to_rebound_domains() -> None:
+    with pytest.raises(Forbidden):
+        check_may_change(mocked("127.0.0.1", "", None, host="evil.example.org:3142"))
+    check_may_change(mocked("127.0.0.1", "", None, host="localhost:3142"))
+    check_may_change(mocked("::1", "", None, host="[::1]:3142"))
+    check_may_change(mocked("127.0.0.1", "s3cret", "s3cret", host="evil.example.org"))
 
 
 @pytest.mark.parametrize(

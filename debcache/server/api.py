@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -68,7 +69,7 @@ def _json(document: object) -> web.Response:
 
 def check_may_change(request: web.Request) -> None:
     """Mutations come from this machine, or carry `Authorization: Bearer <admin_token>`."""
-    if _is_loopback(request.remote):
+    if _is_loopback(request.remote) and _names_this_machine(request.host):
         return
     token = request.app[CONFIG].admin_token
     offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -78,6 +79,26 @@ def check_may_change(request: web.Request) -> None:
         "changes through the API need a loopback client or the admin token",
         "send Authorization: Bearer <[server] admin_token>, or run the CLI on the server",
     )
+
+
+def _names_this_machine(host: str) -> bool:
+    """The Host a local client uses: an address, localhost or this machine's own name.
+
+    A web page that rebinds its own domain to 127.0.0.1 still sends that domain in
+    Host, so loopback trust does not extend to it (DNS rebinding).
+    """
+    if host.startswith("["):  # [v6]:port
+        name = host[1 : host.find("]")]
+    else:
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    name = name.lower()
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    own = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+    return name in own or name.endswith(".localhost")
 
 
 def _is_loopback(address: str | None) -> bool:
