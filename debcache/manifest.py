@@ -25,6 +25,7 @@ import sqlite_utils
 from . import db as queries
 from .archive import (
     RELEASE_NAMES,
+    ReleaseEntry,
     ReleaseInfo,
     SignatureError,
     by_hash_sha256,
@@ -341,8 +342,13 @@ class Freezer:
     ) -> None:
         sums_path = f"{images}/SHA256SUMS"
         listed = info.entries.get(sums_path[len(f"dists/{suite}/") :])
-        if listed is None or not self.store.has(listed.sha256):
-            self._problem(upstream.name, path, f"{sums_path} is not in the Release file or store")
+        if listed is None:
+            self._problem(upstream.name, path, f"{sums_path} is not in the Release file")
+            return
+        # A lab's netboot script may fetch only linux and initrd.gz: the checksums that
+        # vouch for them come from the upstream, checked against the frozen Release.
+        if not self.store.has(listed.sha256) and not self._fetch(upstream, sums_path, listed):
+            self._problem(upstream.name, path, f"{sums_path} is neither stored nor fetchable")
             return
         self.add(Entry(upstream.name, sums_path, listed.sha256, listed.size))
         if path == sums_path:
@@ -391,6 +397,17 @@ class Freezer:
                     )
                 )
                 listings.use(listing)
+
+    def _fetch(self, upstream: Upstream, path: str, listed: ReleaseEntry) -> bool:
+        """Fetch a file the verified Release lists into the store; True if it arrived."""
+
+        async def fetch() -> str | None:
+            async with create_session() as session:
+                urls = [upstream_url(base, path) for base in upstream.urls]
+                return await download_blob(session, urls, listed.sha256, listed.size, self.store)
+
+        self.store.create_directories()
+        return asyncio.run(fetch()) is None
 
     def add(self, entry: Entry) -> None:
         self.entries[entry.key] = entry

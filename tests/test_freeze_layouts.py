@@ -56,3 +56,21 @@ def test_security_pool_paths_under_pool_updates_find_their_packages() -> None:
     listings = PackagesListings(None, None, {"bookworm-security": info}, {})  # type: ignore[arg-type]
     deb = "pool/updates/main/o/openssl/libssl3_3.0.11-1~deb12u2_amd64.deb"
     assert listings._directories_for(deb) == [("bookworm-security", "main/binary-amd64")]
+
+
+def test_netboot_images_fetched_without_their_checksums_still_freeze(
+    keyed_debcache: DebcacheServer, archive: Archive, mirror: FakeMirror
+) -> None:
+    # A lab's image-update script fetches just the kernel and initrd (and InRelease).
+    paths = [
+        "dists/bookworm/InRelease",
+        archive.installer_path("bookworm", "netboot/debian-installer/amd64/linux"),
+        archive.installer_path("bookworm", "netboot/debian-installer/amd64/initrd.gz"),
+    ]
+    for path in paths:
+        assert get(keyed_debcache.url, f"/record/netboot-only/debian/{path}").status == 200
+    keyed_debcache.wait_for_fetches(len(paths), recording="netboot-only")
+    frozen = freeze_json(keyed_debcache, "netboot-only")
+    entries = {e["path"] for e in manifest_json(keyed_debcache, frozen["id"])["entries"]}
+    sums = archive.installer_path("bookworm", "SHA256SUMS")
+    assert set(paths) | {sums} <= entries
