@@ -1696,6 +1696,8 @@ def main() -> None:
         "--profile", type=Path, metavar="DIR", help="py-spy flame graphs of debcache's phases"
     )
     args = parser.parse_args()
+    # nginx and the peers live in sbin, which a non-login root shell may lack.
+    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     global PROFILER
     PROFILER = Profiler(args.profile)
     settings = QUICK if args.quick else FULL

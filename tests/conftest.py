@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -17,11 +18,12 @@ REQUIRED_TOOLS = ("apt-get", "dpkg-deb", "gpg", "gpgv", "wget", "debootstrap")
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     # A missing system tool is a failure of the whole run, never a skip.
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    search = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"  # debootstrap lives in sbin
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool, path=search) is None]
     if missing:
         raise pytest.UsageError(
             f"missing system tools: {', '.join(missing)}; install them with "
-            "`apt-get install apt dpkg gpg gpgv wget` (bash .ci/run does)"
+            "`bash .ci/install-deps` (bash .ci/run does)"
         )
 
 
