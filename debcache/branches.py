@@ -8,7 +8,6 @@ period, so an install that straddles a promote does not fail.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,11 +15,10 @@ from dataclasses import dataclass
 import sqlite_utils
 
 from . import db as queries
+from .config import NAME_PATTERN
 from .errors import BadRequest, DebcacheError, NotFound
 from .manifest import SHORT_ID, Manifest, load_manifest, near_matches, resolve_manifest_id
 from .store import FileStore, file_sha256
-
-BRANCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
 class BlobsMissing(DebcacheError):
@@ -35,7 +33,7 @@ class Change:
 
 
 def check_branch_name(name: str) -> str:
-    if not BRANCH_NAME.match(name) or ".." in name:
+    if not NAME_PATTERN.match(name) or ".." in name:
         raise BadRequest(
             f"{name!r} is not a valid branch name",
             "use up to 64 letters, digits, '.', '_', '+' and '-' (no '/', '..' or spaces)",

@@ -19,7 +19,7 @@ import sqlite_utils
 
 from . import db
 from .branches import Change, check_branch_name, current_manifest_id, promote, rollback
-from .config import Config, load_config
+from .config import Config, load_config, parse_listen_address
 from .diff import diff, load_side
 from .errors import BadRequest, ConfigError, DebcacheError
 from .lifecycle import collect_garbage, verify_store
@@ -127,12 +127,12 @@ def serve(config: Config, listen: tuple[str, ...], data_dir: Path | None) -> Non
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
+    address = parse_listen_address(value)
+    if address is None:
         raise ConfigError(
             f"--listen {value!r} is not HOST:PORT", "write e.g. --listen 0.0.0.0:3142"
         )
-    return host.strip("[]"), int(port)
+    return address
 
 
 def _print_start(config: Config) -> None:

@@ -165,12 +165,20 @@ def parse_config(document: dict, source: Path, *, apt_dir: Path = Path("/etc/apt
     return Config(listen, data_dir, upstreams, branches, admin_token, source)
 
 
-def _parse_listen(section: _Section, value: str) -> tuple[str, int]:
+def parse_listen_address(value: str) -> tuple[str, int] | None:
+    """("host", port) of `HOST:PORT` or `[v6]:PORT`; None if it is not one."""
     host, _, port = value.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise section.error("listen", f"{value!r} is not HOST:PORT", 'write e.g. "0.0.0.0:3142"')
+        return None
     return host, int(port)
+
+
+def _parse_listen(section: _Section, value: str) -> tuple[str, int]:
+    address = parse_listen_address(value)
+    if address is None:
+        raise section.error("listen", f"{value!r} is not HOST:PORT", 'write e.g. "0.0.0.0:3142"')
+    return address
 
 
 def _parse_upstream(source: Path, name: str, table: object) -> Upstream:

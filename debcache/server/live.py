@@ -7,6 +7,7 @@ ask the live cache where the body comes from, write the response, then log it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -133,9 +134,10 @@ def proxy_host_matches(entry: str, host: str, port: int | None) -> bool:
     return entry_host == host and int(entry_port or 80) == (port or 80)
 
 
-def base_paths(upstream: Upstream) -> set[str]:
+@functools.cache
+def base_paths(upstream: Upstream) -> frozenset[str]:
     """The path part of each base URL: `/debian` for http://mirror.example.org/debian."""
-    return {urlsplit(url).path.rstrip("/") for url in upstream.urls}
+    return frozenset(urlsplit(url).path.rstrip("/") for url in upstream.urls)
 
 
 def _recording_from_headers(request: web.Request, *headers: str) -> str | None:

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable
 from urllib.parse import unquote
 
@@ -18,6 +17,7 @@ from ..branches import check_branch_name
 from ..config import NAME_PATTERN
 from ..errors import BadRequest, DebcacheError, NotFound
 from ..pinned import PinnedFile
+from ..store import SHA256_PATTERN
 from .keys import FETCH_LOG, PINNED
 from .responses import IMMUTABLE, archive_headers, send_blob
 
@@ -41,7 +41,7 @@ async def serve_pinned(request: web.Request) -> web.StreamResponse:
 async def serve_manifest(request: web.Request) -> web.StreamResponse:
     """GET/HEAD /manifest/<id>/<upstream>/<path>: immutable."""
     manifest_id, upstream, path = _split(request, "manifest")
-    if not re.fullmatch(r"[0-9a-f]{64}", manifest_id):
+    if not SHA256_PATTERN.match(manifest_id):
         raise BadRequest(
             f"{manifest_id!r} is not a full manifest id", "use all 64 hex digits of the id"
         )
