@@ -50,7 +50,7 @@ def record_install(
 ) -> None:
     """apt-get update (+ download) through /record/<recording>/ or as proxy user; waits for
     the log rows (one per mirror request, as every request here goes upstream)."""
-    before = len(mirror.requests)
+    before, rows_before = len(mirror.requests), len(server.fetches(recording))
     base = f"{server.url}/record/{recording}/debian"
     proxy = None
     if via_proxy:
@@ -60,7 +60,8 @@ def record_install(
     if packages:
         result = apt.download(*packages, proxy=proxy)
         assert result.returncode == 0, result.stderr
-    server.wait_for_fetches(len(mirror.requests) - before, recording=recording)
+    # The recording may have rows already: wait for this install's own on top of them.
+    server.wait_for_fetches(rows_before + len(mirror.requests) - before, recording=recording)
 
 
 def freeze_json(server: DebcacheServer, *args: str) -> dict:
