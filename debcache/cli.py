@@ -652,10 +652,14 @@ def key_export(config: Config, armor: bool) -> None:
 @click.argument("a")
 @click.argument("b")
 @json_option
-@click.option("--exit-code", is_flag=True, help="Exit with 1 when A and B differ.")
+@click.option("--exit-code", is_flag=True, help="Exit with 1 when any file of A and B differs.")
 @pass_config
 def diff_command(config: Config, a: str, b: str, as_json: bool, exit_code: bool) -> None:
-    """Packages added, removed and changed between two manifests, branches or recordings.
+    """What differs between two manifests, branches or recordings.
+
+    Packages and udebs added, removed and changed, installer images (old → new
+    sha256, the version behind `current`), Release dates, a count of the index
+    files, and any other file.
 
     \b
     Example:
