@@ -8,6 +8,7 @@ any Debian host without configuration.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -28,6 +29,21 @@ DEFAULT_COALESCE_WINDOW = 1.0
 CONNECT_TIMEOUT = 10.0
 RESERVED_UPSTREAM_NAMES = frozenset({"record", "pin", "manifest", "_"})
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+TOML_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml_key(*parts: str) -> str:
+    """A dotted TOML key, each part quoted where TOML needs it: `branches."xen-4.19"`.
+
+    Branch and upstream names may hold '.' or '+', which a bare key cannot: a remedy
+    that says `[branches.xen-4.19]` would create a table `4` inside `xen-4`.
+    """
+    return ".".join(p if TOML_BARE_KEY.fullmatch(p) else json.dumps(p) for p in parts)
+
+
+def toml_table(*parts: str) -> str:
+    """The header of a TOML table, e.g. `[branches."xen-4.19"]`."""
+    return f"[{toml_key(*parts)}]"
 
 
 @dataclass(frozen=True)
@@ -108,14 +124,16 @@ def default_data_dir() -> Path:
 class _Section:
     """A TOML table being validated: every key read is ticked off; the rest are unknown."""
 
-    def __init__(self, source: Path, name: str, table: object) -> None:
+    def __init__(self, source: Path, path: tuple[str, ...], table: object) -> None:
         if not isinstance(table, dict):
-            raise ConfigError(f"{source}: [{name}] must be a table", f"write it as [{name}]")
-        self.source, self.name, self.table = source, name, table
+            header = toml_table(*path)
+            raise ConfigError(f"{source}: {header} must be a table", f"write it as {header}")
+        self.source, self.path, self.table = source, path, table
         self.seen: set[str] = set()
 
     def error(self, key: str, reason: str, remedy: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {self.name}.{key}: {reason}", remedy)
+        where = toml_key(*self.path, *([key] if key else [])) or "(top level)"
+        return ConfigError(f"{self.source}: {where}: {reason}", remedy)
 
     def get(self, key: str, kind: type | tuple[type, ...], default: object) -> object:
         self.seen.add(key)
@@ -147,8 +165,8 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 def parse_config(document: dict, source: Path, *, apt_dir: Path = Path("/etc/apt")) -> Config:
     """Validate a parsed TOML document; errors name the file, the key and the reason."""
-    top = _Section(source, "(top level)", document)
-    server = _Section(source, "server", top.get("server", dict, {}))
+    top = _Section(source, (), document)
+    server = _Section(source, ("server",), top.get("server", dict, {}))
     listen = tuple(_parse_listen(server, v) for v in server.strings("listen", ["0.0.0.0:3142"]))
     data_dir = Path(str(server.get("data_dir", str, str(default_data_dir()))))
     admin_token = str(server.get("admin_token", str, ""))
@@ -182,16 +200,16 @@ def _parse_listen(section: _Section, value: str) -> tuple[str, int]:
 
 
 def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
-    section = _Section(source, f"upstreams.{name}", table)
+    section = _Section(source, ("upstreams", name), table)
     if name in RESERVED_UPSTREAM_NAMES:
-        raise ConfigError(
-            f"{source}: upstreams.{name}: the name {name!r} is reserved for debcache's own URLs",
+        raise section.error(
+            "",
+            f"the name {name!r} is reserved for debcache's own URLs",
             f"rename the upstream; {', '.join(sorted(RESERVED_UPSTREAM_NAMES))} are reserved",
         )
     if not NAME_PATTERN.match(name):
-        raise ConfigError(
-            f"{source}: upstreams.{name}: not a valid upstream name",
-            "use letters, digits, '.', '_', '+' and '-' only",
+        raise section.error(
+            "", "not a valid upstream name", "use letters, digits, '.', '_', '+' and '-' only"
         )
     urls = tuple(u.rstrip("/") for u in section.strings("urls", []))
     if not urls:
@@ -229,7 +247,7 @@ def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
 
 
 def _parse_branch(source: Path, name: str, table: object) -> Branch:
-    section = _Section(source, f"branches.{name}", table)
+    section = _Section(source, ("branches", name), table)
     if not NAME_PATTERN.match(name):
         raise section.error("", "not a valid branch name", "use letters, digits, '.', '_', '-'")
     fill = section.get("fill", str, "strict")

@@ -34,7 +34,7 @@ from .archive import (
     verify_signature,
 )
 from .archive import upstream_url as url_of
-from .config import Config
+from .config import Config, toml_table
 from .db import Database
 from .errors import Forbidden, NotFound, UpstreamUnavailable
 from .inflight import http_date_timestamp
@@ -130,7 +130,8 @@ class PinnedFiles:
         return (
             f"branch {branch} serves the Release of {upstream} {suite} frozen in manifest "
             f"{manifest_id[:SHORT_ID]}, which expired on {valid_until}: apt refuses it unless "
-            f"the source has [check-valid-until=no]; or set resign = true in [branches.{branch}]"
+            "the source has [check-valid-until=no]; or set resign = true in "
+            f"{toml_table('branches', branch)}"
         )
 
     async def resolve_manifest(self, manifest_id: str, upstream: str, path: str) -> PinnedFile:
@@ -212,7 +213,7 @@ class PinnedFiles:
             if keyring is None:
                 raise NotFound(
                     f"no keyring for upstream {upstream} to check its frozen Release",
-                    f"configure [upstreams.{upstream}] keyring",
+                    f"configure keyring in {toml_table('upstreams', upstream)}",
                 )
             blob = self.store.local_path
             try:

@@ -20,7 +20,7 @@ import aiohttp
 
 from . import __version__
 from .archive import upstream_url
-from .config import CONNECT_TIMEOUT, Upstream
+from .config import CONNECT_TIMEOUT, Upstream, toml_table
 from .errors import UpstreamTimeout, UpstreamUnavailable
 from .metrics import Metrics
 from .store import FileStore
@@ -99,7 +99,8 @@ class UpstreamClient:
         error = UpstreamTimeout if only_timeouts else UpstreamUnavailable
         raise error(
             f"upstream {upstream.name!r} could not be reached for {path}: {'; '.join(failures)}",
-            f"check the mirror or list another one in [upstreams.{upstream.name}] urls",
+            "check the mirror or list another one in "
+            f"{toml_table('upstreams', upstream.name)} urls",
         )
 
     def _count(self, upstream: Upstream, outcome: str) -> None:

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +21,12 @@ from click.testing import CliRunner
 from processes import free_port, start_serve
 
 from debcache.cli import cli
-from debcache.config import DEBIAN_ARCHIVE_KEYRING, discover_upstreams, load_config
+from debcache.config import (
+    DEBIAN_ARCHIVE_KEYRING,
+    discover_upstreams,
+    load_config,
+    toml_table,
+)
 
 
 def write_apt_dir(root: Path) -> Path:
@@ -140,6 +146,8 @@ BAD_CONFIGS = [
     ('[upstreams.debian]\nurls = ["http://mirror.example.org/debian"]\nmirror = 1\n', "mirror"),
     ('[upstreams.debian]\nurls = ["http://mirror.example.org/d"]\ntimeout = "x"\n', "timeout"),
     ('[branches.b]\nfill = "sometimes"\n', "branches.b.fill"),
+    ('[branches."xen-4.19"]\nfill = "x"\n', "branches.\"xen-4.19\".fill: 'x' is not a fill"),
+    ('[upstreams."deb.ian"]\nurls = []\n', 'upstreams."deb.ian".urls: missing'),
     ("[server\n", "cannot read it"),
     ("surprise = 1\n", "surprise: unknown key"),
 ]
@@ -157,6 +165,21 @@ def test_a_bad_config_is_one_line_naming_file_key_and_reason(
     assert output.startswith("Error: ") and "\n" not in output, output
     assert str(path) in output and message in output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["xen-4.19", "b1", "debian+ports", "x.y_z", ""])
+def test_a_table_named_for_the_user_is_valid_toml_for_that_name(name: str) -> None:
+    document = tomllib.loads(f"{toml_table('branches', name)}\nresign = true\n")
+    assert document == {"branches": {name: {"resign": True}}}
+
+
+def test_a_config_error_quotes_a_dotted_branch_name(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[branches]\n"xen-4.19" = "verified"\n')
+    result = CliRunner().invoke(cli, ["--config", str(path), "serve"])
+    assert result.exit_code == 1
+    header = '[branches."xen-4.19"]'
+    assert result.output == f"Error: {path}: {header} must be a table. Write it as {header}.\n"
 
 
 def test_a_missing_config_file_is_reported(tmp_path: Path) -> None:

@@ -87,7 +87,9 @@ async def _serve(
         headers[MANIFEST_HEADER] = found.manifest_id
         if found.warning:
             log.warning("%s", found.warning)
-            headers["Warning"] = f'199 debcache "{found.warning}"'
+            # warn-text is a quoted-string: the remedy may quote a TOML key.
+            quoted = found.warning.replace("\\", "\\\\").replace('"', '\\"')
+            headers["Warning"] = f'199 debcache "{quoted}"'
 
         blob = request.app[PINNED].store.local_path(found.sha256)
         return await send_blob(request, blob, headers, record, found.last_modified)
