@@ -6,6 +6,7 @@ the branch is served re-signed by debcache's own key without Valid-Until.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from fake_mirror import FakeMirror
 from http_client import get
 from workflow import freeze_json, keyed_debcache_for, run
 
-from debcache.config import Branch
+from debcache.config import Branch, load_config
 
 SUITE = "bookworm-updates"
 
@@ -114,3 +115,31 @@ def test_key_export_armor_is_the_same_key(cache: DebcacheServer, tmp_path: Path)
     assert get(cache.url, "/_/key.asc").body.decode() == armored.output
     secret = cache.data_dir / "signing" / "secret-key.asc"
     assert secret.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_resign_remedy_names_a_dotted_branch_as_valid_toml(
+    cache: DebcacheServer, expired_archive: Archive, tmp_path: Path
+) -> None:
+    keyring = expired_archive.key.keyring
+    url = f"{cache.url}/record/r/debian"
+    assert update(AptRoot(tmp_path / "rec"), url, keyring, " check-valid-until=no").returncode == 0
+    cache.wait_for_fetches(len(cache.mirror.requests), recording="r")
+    manifest = freeze_json(cache, "r", "--promote", "xen-4.19")["id"]
+
+    warned = get(cache.url, f"/pin/xen-4.19/debian/dists/{SUITE}/InRelease")
+    valid_until = re.search(
+        r"^Valid-Until: (.*)$", expired_archive.read(f"dists/{SUITE}/Release").decode(), re.M
+    )[1]
+    assert warned.header("Warning") == (
+        f'199 debcache "branch xen-4.19 serves the Release of debian {SUITE} frozen in manifest '
+        f"{manifest[:12]}, which expired on {valid_until}: apt refuses it unless the source has "
+        '[check-valid-until=no]; or set resign = true in [branches.\\"xen-4.19\\"]"'
+    )
+    # What the remedy says, pasted into the configuration, configures that branch.
+    section = re.search(r"in (\[.*\])\"$", warned.header("Warning"))[1].replace('\\"', '"')
+    config = tmp_path / "remedy.toml"
+    config.write_text(
+        f'[upstreams.debian]\nurls = ["{cache.mirror.url}/debian"]\nkeyring = "{keyring}"\n'
+        f"{section}\nresign = true\n"
+    )
+    assert load_config(config).branches["xen-4.19"].resign is True
