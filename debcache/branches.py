@@ -104,18 +104,35 @@ def check_blobs_intact(
     store: FileStore, manifest: Manifest, progress: Callable[[int], None] | None = None
 ) -> None:
     """Re-hash every blob of the manifest; refuse if one is missing or corrupt."""
-    problems = []
+    missing, corrupt = [], []
     for sha256 in sorted({e.sha256 for e in manifest.entries}):
         blob = store.local_path(sha256)
         if not blob.is_file():
-            problems.append(f"{sha256[:SHORT_ID]} missing")
+            missing.append(f"{sha256[:SHORT_ID]} missing")
         elif file_sha256(blob) != sha256:
-            problems.append(f"{sha256[:SHORT_ID]} corrupt")
+            corrupt.append(f"{sha256[:SHORT_ID]} corrupt")
         if progress:
             progress(1)
-    if problems:
+    if missing or corrupt:
+        problems = missing + corrupt
         raise BlobsMissing(
             f"manifest {manifest.short_id} has {len(problems)} blob(s) missing or corrupt "
             f"({', '.join(problems[:5])})",
-            "run `debcache verify`, or import the manifest again with `debcache manifests import`",
+            restore_remedy(manifest.short_id, bool(missing), bool(corrupt)),
         )
+
+
+def restore_remedy(short_id: str, missing: bool, corrupt: bool) -> str:
+    """How to get a manifest's blobs back: gc evicts (import fetches them again from the
+    upstreams or another debcache); verify only re-fetches blobs it finds corrupt."""
+    lockfile = f"{short_id}.lock.json"
+    remedies = []
+    if missing:
+        remedies.append(
+            f"fetch the missing ones with `debcache manifests export {short_id} > {lockfile} "
+            f"&& debcache manifests import {lockfile}` (from the upstreams while they still "
+            "have those files; --from URL takes them from another debcache)"
+        )
+    if corrupt:
+        remedies.append("run `debcache verify` to quarantine and re-fetch the corrupt ones")
+    return "; ".join(remedies) + "; or record the install again and freeze it"

@@ -431,9 +431,17 @@ def import_manifest_command(config: Config, lockfile: Path, source_url: str | No
     database, store = open_state(config)
     store.create_directories()
     with progress_bar(len(manifest.entries), "Fetching") as progress:
-        created = import_manifest(config, database, store, manifest, source_url, progress)
-    state = "Imported" if created else "Already had"
-    click.echo(f"{state} manifest {manifest.short_id}: {len(manifest.entries)} files.")
+        imported = import_manifest(config, database, store, manifest, source_url, progress)
+    files, short_id = len(manifest.entries), manifest.short_id
+    restored = f"{imported.restored_files} missing file(s) ({size(imported.restored_bytes)})"
+    if imported.created:
+        fetched = f"fetched {restored}" if imported.restored_files else "all already stored"
+        click.echo(f"Imported manifest {short_id}: {files} files, {fetched}.")
+    elif imported.restored_files:
+        click.echo(f"Manifest {short_id} was already known; restored {restored}.")
+    else:
+        click.echo(f"Manifest {short_id} was already known, with all {files} files stored.")
+    click.echo(f"Pin it with: debcache promote BRANCH {short_id}")
 
 
 # --- branches -------------------------------------------------------------------------

@@ -754,6 +754,15 @@ class ImportFailed(DebcacheError):
     status = 502
 
 
+@dataclass(frozen=True)
+class Imported:
+    """What `import_manifest` did: a new manifest or a known one, and what it fetched."""
+
+    created: bool
+    restored_files: int  # entries whose blob was missing and is now stored
+    restored_bytes: int
+
+
 def import_manifest(
     config: Config,
     db: sqlite_utils.Database,
@@ -761,8 +770,11 @@ def import_manifest(
     manifest: Manifest,
     source_url: str | None = None,
     progress: Callable[[int], None] | None = None,
-) -> bool:
-    """Fetch the blobs the store lacks, verify each, then store the manifest (all or nothing)."""
+) -> Imported:
+    """Fetch the blobs the store lacks, verify each, then store the manifest (all or nothing).
+
+    Also how evicted blobs of a known manifest come back (promote refuses it until then).
+    """
     missing = {e.sha256: e for e in manifest.entries if not store.has(e.sha256)}
     if missing:
         failures = asyncio.run(
@@ -775,7 +787,9 @@ def import_manifest(
                 f"\n{listing}\n",
                 "nothing was imported; retry, or import --from a debcache that has them",
             )
-    return save_manifest(db, manifest)
+    restored = sum(1 for e in manifest.entries if e.sha256 in missing)
+    created = save_manifest(db, manifest)
+    return Imported(created, restored, sum(e.size for e in missing.values()))
 
 
 async def _fetch_blobs(

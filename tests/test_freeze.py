@@ -21,7 +21,7 @@ from http_client import get
 from processes import wait_until
 from workflow import freeze_json, manifest_json, record_install, run
 
-from debcache.cli import cli
+from debcache.cli import cli, size
 
 HELLO = ("hello", "2.10-3")
 INSTALLED = {
@@ -198,11 +198,16 @@ def test_export_wipe_import_restores_the_same_manifest(
         cli, ["--config", str(site_file), "manifests", "import", str(lockfile)]
     )
     assert imported.exit_code == 0, imported.output
-    assert frozen["id"][:12] in imported.output
     shown = CliRunner().invoke(
         cli, ["--config", str(site_file), "manifests", "show", frozen["id"], "--json"]
     )
     document = json.loads(shown.output)
+    short, files = frozen["id"][:12], len(document["entries"])
+    fetched = size(sum({e["sha256"]: e["size"] for e in document["entries"]}.values()))
+    assert imported.output == (
+        f"Imported manifest {short}: {files} files, fetched {files} missing file(s) ({fetched}).\n"
+        f"Pin it with: debcache promote BRANCH {short}\n"
+    )
     assert document["id"] == frozen["id"] and document["label"] == "exported"
     blobs = tmp_path / "site-b" / "blobs" / "sha256"
     for entry in document["entries"]:

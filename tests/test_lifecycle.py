@@ -17,6 +17,8 @@ from fake_mirror import FakeMirror
 from http_client import get
 from workflow import freeze_json, record_install, run
 
+from debcache.cli import size
+
 
 def test_gc_evicts_the_live_cache_but_never_a_pinned_manifest(
     keyed_debcache: DebcacheServer, archive: Archive, mirror: FakeMirror, tmp_path: Path
@@ -87,3 +89,48 @@ def test_verify_quarantines_corrupt_blobs_and_fetches_them_again(
 def test_a_bad_size_is_a_one_line_error(keyed_debcache: DebcacheServer) -> None:
     result = run(keyed_debcache, "gc", "--max-size", "lots")
     assert result.exit_code == 1 and "is not a size" in result.output
+
+
+def test_a_manifest_gc_evicted_is_restored_by_import_as_promote_says(
+    keyed_debcache: DebcacheServer, archive: Archive, mirror: FakeMirror, tmp_path: Path
+) -> None:
+    record_install(keyed_debcache, AptRoot(tmp_path / "a"), archive, mirror, "later", "hello")
+    manifest = freeze_json(keyed_debcache, "later")["id"]  # frozen, not yet pinned
+    short = manifest[:12]
+    entries = json.loads(run(keyed_debcache, "manifests", "show", short, "--json").output)[
+        "entries"
+    ]
+    blobs = sorted({e["sha256"] for e in entries})
+    assert run(keyed_debcache, "gc", "--max-size", "0").exit_code == 0
+    assert not set(blobs) & set(keyed_debcache.blobs())
+
+    refused = run(keyed_debcache, "promote", "b1", short)
+    assert refused.exit_code == 1
+    lockfile = f"{short}.lock.json"
+    assert refused.output == (
+        f"Error: Manifest {short} has {len(blobs)} blob(s) missing or corrupt "
+        f"({', '.join(f'{sha[:12]} missing' for sha in blobs[:5])}). "
+        f"Fetch the missing ones with `debcache manifests export {short} > {lockfile} "
+        f"&& debcache manifests import {lockfile}` (from the upstreams while they still have "
+        "those files; --from URL takes them from another debcache); "
+        "or record the install again and freeze it.\n"
+    )
+
+    # The remedy, as written: without --from the files come from the upstreams.
+    exported = run(keyed_debcache, "manifests", "export", short)
+    (tmp_path / lockfile).write_text(exported.output)
+    restored = run(keyed_debcache, "manifests", "import", str(tmp_path / lockfile))
+    assert restored.exit_code == 0, restored.output
+    restored_bytes = sum({e["sha256"]: e["size"] for e in entries}.values())
+    assert restored.output == (
+        f"Manifest {short} was already known; restored {len(entries)} missing file(s) "
+        f"({size(restored_bytes)}).\n"
+        f"Pin it with: debcache promote BRANCH {short}\n"
+    )
+    assert set(blobs) <= set(keyed_debcache.blobs())
+    again = run(keyed_debcache, "manifests", "import", str(tmp_path / lockfile))
+    assert again.output == (
+        f"Manifest {short} was already known, with all {len(entries)} files stored.\n"
+        f"Pin it with: debcache promote BRANCH {short}\n"
+    )
+    assert run(keyed_debcache, "promote", "b1", short).exit_code == 0
