@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from archive_fixture import Archive, point_release
 from debcache_server import DebcacheServer
 from fake_mirror import FakeMirror
 from http_client import get
 from workflow import freeze_json, run
+
+from debcache.diff import installer_versions
+from debcache.manifest import Entry, Manifest
+from debcache.store import FileStore
 
 INSTALLER = "dists/bookworm/main/installer-amd64"
 IMAGES = (
@@ -185,3 +190,31 @@ def test_diff_lists_other_files_of_a_recording(
     ]
     same = run(own_debcache, "diff", plain[:12], "plain", "--exit-code")
     assert same.exit_code == 0 and same.output.endswith("\nNo file differs.\n")
+
+
+def test_the_version_behind_current_comes_from_the_release_or_the_manifest(
+    tmp_path: Path,
+) -> None:
+    # Unit test of the lookup alone: `current` is the dated directory with its SHA256SUMS.
+    store = FileStore(tmp_path).create_directories()
+    sums = "d" * 64
+    installer = "dists/bookworm/main/installer-amd64"
+
+    def manifest(*entries: Entry) -> Manifest:
+        return Manifest("0" * 64, None, 0.0, [], list(entries))
+
+    current = Entry("debian", f"{installer}/current/images/SHA256SUMS", sums, 10)
+    release = (
+        "Date: Sat, 07 Oct 2023 09:12:44 UTC\nSHA256:\n"
+        f" {'e' * 64} 10 main/installer-amd64/20230607+deb12u1/images/SHA256SUMS\n"
+        f" {sums} 10 main/installer-amd64/20230607+deb12u2/images/SHA256SUMS\n"
+        f" {sums} 10 main/installer-amd64/current/images/SHA256SUMS\n"
+    ).encode()
+    release_sha, _ = store.put(release)
+    listed = manifest(current, Entry("debian", "dists/bookworm/Release", release_sha, 1))
+    key = ("debian", installer)
+    assert installer_versions(listed, store) == {key: "20230607+deb12u2"}
+    # The Release evicted: a dated SHA256SUMS the manifest holds itself still tells.
+    dated = Entry("debian", f"{installer}/20230607+deb12u2/images/SHA256SUMS", sums, 10)
+    assert installer_versions(manifest(current, dated), store) == {key: "20230607+deb12u2"}
+    assert installer_versions(manifest(current), store) == {}
