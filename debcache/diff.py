@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from . import db as queries
-from .archive import installer_images_dir, parse_release, suite_of
+from .archive import parse_release, suite_of
 from .config import Config
 from .errors import NotFound
 from .manifest import (
@@ -243,12 +243,10 @@ def diff(a: Side, b: Side) -> Diff:
     explained = _package_changes(a.manifest, b.manifest, changes, suite_diff)
     images: dict[tuple[str, str, str], list[FileChange]] = defaultdict(list)
     other = []
-    for change in changes:
-        located = suite_of(change.path)
+    for change in (c for c in changes if c.key not in explained):
         installer = INSTALLER_PATH.fullmatch(change.path)
-        if change.key in explained:
-            continue
-        if installer and installer_images_dir(change.path):
+        located = suite_of(change.path)
+        if installer:
             images[(change.upstream, installer[1], installer[2])].append(change)
         elif located:
             suite_diff(change.upstream, located[0]).index_files.append(change)
