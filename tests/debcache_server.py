@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from debcache import db as queries
@@ -84,12 +85,29 @@ class DebcacheServer:
             database.conn.close()
 
     def wait_for_fetches(self, count: int, recording: str | None = None, deadline: float = 10):
-        """The fetch-log rows once at least `count` are committed, or fail after `deadline` s."""
+        """The fetch-log rows once at least `count` are committed; else TimeoutError."""
+        return self.wait_for_rows(
+            lambda rows: len(rows) >= count, f"{count} row(s)", recording, deadline
+        )
+
+    def wait_for_rows(
+        self,
+        condition: Callable[[list[dict]], bool],
+        what: str,
+        recording: str | None = None,
+        deadline: float = 10,
+    ) -> list[dict]:
+        """The committed fetch-log rows once `condition(rows)` holds; TimeoutError naming `what`."""
         end = time.monotonic() + deadline
         while True:
             rows = self.fetches(recording)
-            if len(rows) >= count or time.monotonic() > end:
+            if condition(rows):
                 return rows
+            if time.monotonic() > end:
+                raise TimeoutError(
+                    f"timed out waiting for {what} in the fetch log of {recording or 'all'}"
+                    f" ({len(rows)} committed)"
+                )
             time.sleep(0.02)
 
     def blobs(self) -> dict[str, bytes]:

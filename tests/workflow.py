@@ -51,6 +51,7 @@ def record_install(
     """apt-get update (+ download) through /record/<recording>/ or as proxy user; waits for
     the log rows (one per mirror request, as every request here goes upstream)."""
     before, rows_before = len(mirror.requests), len(server.fetches(recording))
+    had = set(apt.downloaded())
     base = f"{server.url}/record/{recording}/debian"
     proxy = None
     if via_proxy:
@@ -60,8 +61,17 @@ def record_install(
     if packages:
         result = apt.download(*packages, proxy=proxy)
         assert result.returncode == 0, result.stderr
-    # The recording may have rows already: wait for this install's own on top of them.
-    server.wait_for_fetches(rows_before + len(mirror.requests) - before, recording=recording)
+    # The recording may have rows already: wait for this install's own on top of them. Files
+    # served from the cache reach no mirror, so the mirror's count alone is too low for a
+    # second host: the .debs apt downloaded come last, so wait for their rows too.
+    expected = rows_before + len(mirror.requests) - before
+    downloaded = set(apt.downloaded()) - had
+
+    def complete(rows: list[dict]) -> bool:
+        names = {row["path"].rpartition("/")[2] for row in rows}
+        return len(rows) >= expected and downloaded <= names
+
+    server.wait_for_rows(complete, f"the rows of {sorted(downloaded)}", recording)
 
 
 def freeze_json(server: DebcacheServer, *args: str) -> dict:
