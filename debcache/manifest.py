@@ -655,8 +655,8 @@ def plan_manifest(
     recorded = Recorded.load(db, recordings)
     if not recorded.files:
         raise FreezeError(
-            f"{', '.join(recordings)} received no file whole ({len(failures)} failed fetches)",
-            "record the install again; `debcache recordings show NAME` lists what failed",
+            f"{recordings_named(recordings)} received no file whole, so there is nothing to freeze",
+            "record the install again; `debcache recordings show NAME` lists its failed fetches",
         )
     freezer.plan(recorded, progress)
     unverified = _unverified(freezer, recorded)
@@ -743,12 +743,17 @@ class FailedFetches(FreezeError):
 
     def __init__(self, failures: list[FailedFetch]) -> None:
         self.failures = failures
-        recordings = ", ".join(sorted({f.recording for f in failures}))
+        recordings = recordings_named(sorted({f.recording for f in failures}))
         super().__init__(
             f"{recordings} had {len(failures)} failed fetch(es), so it is not a known-good "
             f"install: {', '.join(str(f) for f in failures)}",
             "fix the mirror and record the install again, or freeze without --strict",
         )
+
+
+def recordings_named(names: list[str]) -> str:
+    """`recording a` or `recordings a, b`: a message never starts with a bare name."""
+    return f"recording{'s' if len(names) > 1 else ''} {', '.join(names)}"
 
 
 def check_recordings_exist(db: sqlite_utils.Database, recordings: list[str]) -> None:
