@@ -13,13 +13,15 @@ where ``stable`` is a symlink to bookworm (as on a mirror), ``testing`` one to
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from apt import AptRoot
 from archive_fixture import Archive
 from debcache_server import DebcacheServer
 from fake_mirror import FakeMirror
 from http_client import get
-from workflow import freeze_json, manifest_json, run
+from workflow import freeze_json, manifest_json, record_install, run
 
 PROBED = ("oldstable", "stable", "testing", "unstable", "sid", "trixie", "forky")
 MISSING = ("oldstable", "sid", "forky")  # the mirror answers 404
@@ -178,3 +180,22 @@ def test_an_unverifiable_release_of_a_used_suite_is_named_as_recorded_and_kept_w
     assert sorted(line.split(":")[0] for line in allowed["unverified"]) == sorted(
         f"debian/{path}" for path in recorded
     )
+
+
+def test_a_probe_identical_to_an_apt_recorded_inrelease_goes_in_alone(
+    own_debcache: DebcacheServer,
+    installer_archive: Archive,
+    own_mirror: FakeMirror,
+    tmp_path: Path,
+) -> None:
+    # apt fetched bookworm's InRelease; d-i's probe of `stable` got the same Release text.
+    apt = AptRoot(tmp_path / "apt")
+    record_install(own_debcache, apt, installer_archive, own_mirror, "mixed", "hello")
+    rows = len(own_debcache.fetches("mixed"))
+    assert get(own_debcache.url, "/record/mixed/debian/dists/stable/Release").status == 200
+    own_debcache.wait_for_fetches(rows + 1, recording="mixed")
+    own_mirror.stop()
+    frozen = freeze_json(own_debcache, "mixed", "--strict")
+    assert frozen["warnings"] == [] and frozen["unverified"] == []
+    entries = {e["path"] for e in manifest_json(own_debcache, frozen["id"])["entries"]}
+    assert "dists/stable/Release" in entries and "dists/stable/Release.gpg" not in entries
