@@ -243,8 +243,13 @@ class Freezer:
             "sha256": sha256,
             "valid_until": info.valid_until,
         }
+        named = {p.path for p in self.problems if p.upstream == upstream.name}
         for path, (digest, size) in recorded.items():
-            if path in release_files or self._is_release_file(path):
+            if path in release_files:
+                continue
+            if self._is_release_file(path):  # e.g. a Release.gpg with no Release beside it
+                if path not in named:
+                    self._problem(upstream.name, path, f"not part of a verified Release of {suite}")
                 continue
             relative = path[len(prefix) :]
             self._plan_index(upstream, suite, info, path, relative, digest, size)

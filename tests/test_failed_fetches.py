@@ -107,3 +107,15 @@ def test_apts_fallback_from_inrelease_to_release_gpg_is_a_good_install(
     assert shown["failed"][0]["expected"] == "Release and Release.gpg were fetched instead"
     frozen = freeze_json(own_debcache, "plain", "--strict")
     assert frozen["warnings"] == [] and frozen["unverified"] == []
+
+
+def test_a_transfer_cut_short_and_retried_is_not_a_failed_fetch(
+    keyed_debcache: DebcacheServer, archive: Archive, mirror: FakeMirror
+) -> None:
+    hello = archive.pool_path("hello", "2.10-3")
+    mirror.set_fault(f"/debian/{hello}", Fault.truncate(100, times=1))
+    assert get(keyed_debcache.url, f"/record/retry/debian/{hello}").broken
+    assert get(keyed_debcache.url, f"/record/retry/debian/{hello}").broken is None
+    keyed_debcache.wait_for_fetches(2, recording="retry")
+    shown = json.loads(run(keyed_debcache, "recordings", "show", "retry", "--json").output)
+    assert [f["path"] for f in shown["files"]] == [hello] and shown["failed"] == []
