@@ -311,7 +311,7 @@ class Freezer:
                     continue
                 found = twin[1] if twin else self._fetch_signature(upstream, prefix + detached)
                 if isinstance(found, str):
-                    why = f"no {detached} recorded or cached, and the upstream's: {found}"
+                    why = f"no {detached} recorded or cached, nor at the upstream ({found})"
                     if prefix + name in recorded and "InRelease" not in verified:
                         self._problem(upstream.name, prefix + name, why)
                     elif prefix + name in recorded:

@@ -128,8 +128,8 @@ def test_freeze_names_the_unverifiable_probe_in_its_human_output(
     assert lines[0].startswith("Froze manifest ")
     url = f"{own_mirror.url}/debian/dists/unstable/Release.gpg"
     assert lines[1:3] == [
-        "  warning: debian/dists/unstable/Release: no Release.gpg recorded or cached, and the "
-        f"upstream's: {url}: HTTP 404; a suite probe, left out",
+        "  warning: debian/dists/unstable/Release: no Release.gpg recorded or cached, nor at "
+        f"the upstream ({url}: HTTP 404); a suite probe, left out",
         f"Pin it with: debcache promote BRANCH {lines[0].split()[2].rstrip(':')}",
     ]
 
@@ -167,10 +167,10 @@ def test_an_unverifiable_release_of_a_used_suite_is_named_as_recorded_and_kept_w
         "Error: 3 recorded file(s) could not be verified. Fix the mirror or the keyring and "
         "record again, or pass --allow-unverified to include them marked unverified.",
         "  debian/README: neither under dists/ nor under pool/",
-        "  debian/dists/unstable/Release: no Release.gpg recorded or cached, and the "
-        f"upstream's: {url}: HTTP 404",
+        "  debian/dists/unstable/Release: no Release.gpg recorded or cached, nor at the "
+        f"upstream ({url}: HTTP 404)",
         "  debian/dists/unstable/main/binary-amd64/Packages.xz: no verified Release of "
-        f"unstable: no Release.gpg recorded or cached, and the upstream's: {url}: HTTP 404",
+        f"unstable: no Release.gpg recorded or cached, nor at the upstream ({url}: HTTP 404)",
     ]
     assert "InRelease" not in result.output
 
