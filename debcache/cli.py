@@ -33,6 +33,7 @@ from .manifest import (
     parse_lockfile,
     resolve_manifest_id,
 )
+from .recording import recording_contents, recording_summaries
 from .resign import export_public_key
 from .status import collect_status, status_json
 from .store import FileStore
@@ -225,7 +226,7 @@ def recordings(context: click.Context, as_json: bool) -> None:
 @pass_config
 def list_recordings(config: Config, as_json: bool) -> None:
     database, _ = open_state(config)
-    rows = db.recording_summaries(database)
+    rows = recording_summaries(database)
     if as_json:
         print_json(rows)
         return
@@ -233,13 +234,14 @@ def list_recordings(config: Config, as_json: bool) -> None:
         click.echo("No recordings yet. Tag an install with http://NAME@cache:3142/ as its proxy.")
         return
     print_table(
-        ["RECORDING", "FIRST", "LAST", "FILES", "CLIENTS", "UPSTREAMS"],
+        ["RECORDING", "FIRST", "LAST", "FILES", "FAILED", "CLIENTS", "UPSTREAMS"],
         [
             [
                 r["recording"],
                 when(r["first"]),
                 when(r["last"]),
                 r["files"],
+                _failed_count(r),
                 r["clients"],
                 r["upstreams"],
             ]
@@ -249,22 +251,43 @@ def list_recordings(config: Config, as_json: bool) -> None:
     click.echo("\nFreeze one with: debcache freeze RECORDING")
 
 
+def _failed_count(row: dict) -> str:
+    if not row["expected_failures"]:
+        return str(row["failed"])
+    return f"{row['failed']} ({row['expected_failures']} expected)"
+
+
 @recordings.command("show")
 @click.argument("name")
 @json_option
 @pass_config
 def show_recording(config: Config, name: str, as_json: bool) -> None:
-    """List the files a recording received, with their sha256."""
+    """List the files a recording received, with their sha256, and its failed fetches."""
     database, _ = open_state(config)
     check_recordings_exist(database, [name])
-    files = db.recorded_files(database, [name])
+    contents = recording_contents(database, name)
     if as_json:
-        print_json(files)
+        print_json(contents)
         return
+    files, failed = contents["files"], contents["failed"]
     print_table(
         ["UPSTREAM", "PATH", "SHA256", "SIZE"],
         [[f["upstream"], f["path"], f["sha256"][:SHORT_ID], size(f["size"])] for f in files],
     )
+    if failed:
+        click.echo(f"\nFailed fetches ({len(failed)}, not part of the recording):")
+        print_table(
+            ["UPSTREAM", "PATH", "STATUS", "NOTE"],
+            [
+                [
+                    f["upstream"],
+                    f["path"],
+                    f["status"] if f["complete"] else f"{f['status']} incomplete",
+                    f["expected"] or "-",
+                ]
+                for f in failed
+            ],
+        )
 
 
 # --- freeze and manifests -------------------------------------------------------------
@@ -274,7 +297,12 @@ def show_recording(config: Config, name: str, as_json: bool) -> None:
 @click.argument("recording_names", metavar="RECORDING...", nargs=-1, required=True)
 @click.option("--name", "label", help="A label for the manifest.")
 @click.option("--promote", "branch", metavar="BRANCH", help="Then point BRANCH at the manifest.")
-@click.option("--allow-unverified", is_flag=True, help="Include files that can't be verified.")
+@click.option(
+    "--allow-unverified", is_flag=True, help="Include files that can't be verified, marked so."
+)
+@click.option(
+    "--strict", is_flag=True, help="Refuse recordings with failed fetches (404s, cut transfers)."
+)
 @json_option
 @pass_config
 def freeze_command(
@@ -283,6 +311,7 @@ def freeze_command(
     label: str | None,
     branch: str | None,
     allow_unverified: bool,
+    strict: bool,
     as_json: bool,
 ) -> None:
     """Verify what recordings fetched and store it as an immutable manifest.
@@ -303,6 +332,7 @@ def freeze_command(
             list(recording_names),
             label=label,
             allow_unverified=allow_unverified,
+            strict=strict,
             progress=progress,
         )
     summary = {
@@ -313,6 +343,7 @@ def freeze_command(
         "created": created,
         "recordings": manifest.recordings,
         "unverified": manifest.unverified,
+        "warnings": manifest.warnings,
     }
     if branch:
         promote(database, store, branch, manifest.id, note=f"freeze {' '.join(recording_names)}")
@@ -325,8 +356,12 @@ def freeze_command(
         f"{state} manifest {manifest.short_id}: {len(manifest.entries)} files, "
         f"{size(manifest.bytes)}."
     )
+    if not created and label is not None:
+        click.echo(f"Its label is now {label!r}.")
     for problem in manifest.unverified:
         click.echo(f"  unverified: {problem}")
+    for warning in manifest.warnings:
+        click.echo(f"  warning: {warning}")
     if branch:
         click.echo(f"Branch {branch} now serves it at /pin/{branch}/UPSTREAM/.")
     else:

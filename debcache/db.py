@@ -293,29 +293,71 @@ def insert_fetch(db: sqlite_utils.Database, row: dict) -> None:
     db.conn.execute(INSERT_FETCH, [row[column] for column in FETCH_COLUMNS])
 
 
+def _received(row: str = "fetches") -> str:
+    """A file counts as received when its client got the whole body."""
+    return (
+        f"{row}.complete = 1 AND {row}.method = 'GET' AND {row}.status IN (200, 206, 304) "
+        f"AND {row}.sha256 IS NOT NULL"
+    )
+
+
+def _failed(row: str) -> str:
+    """A request that got no whole success answer (a HEAD's 200 is not a failure)."""
+    return f"({row}.complete = 0 OR {row}.status NOT IN (200, 206, 304))"
+
+
 def recorded_files(db: sqlite_utils.Database, recordings: list[str]) -> list[dict]:
     """Distinct (upstream, path, sha256, size) that the recordings' clients received whole."""
     marks = ",".join("?" * len(recordings))
     return list(
         db.query(
             f"""SELECT DISTINCT upstream, path, sha256, size FROM fetches
-            WHERE recording IN ({marks}) AND complete = 1 AND method = 'GET'
-            AND status IN (200, 206, 304) AND sha256 IS NOT NULL
+            WHERE recording IN ({marks}) AND {_received()}
             ORDER BY upstream, path""",
             recordings,
         )
     )
 
 
-def recording_summaries(db: sqlite_utils.Database) -> list[dict]:
-    """One row per recording: first/last fetch, files, bytes, clients, upstreams."""
+def failed_fetches(db: sqlite_utils.Database, recordings: list[str] | None = None) -> list[dict]:
+    """Per recording (all when None), each path it asked for and never received whole,
+    with the status and completeness of the last attempt."""
+    where, arguments = "f.recording IS NOT NULL", []
+    if recordings is not None:
+        where, arguments = f"f.recording IN ({','.join('?' * len(recordings))})", recordings
     return list(
         db.query(
-            """SELECT recording, MIN(time) AS first, MAX(time) AS last,
-            COUNT(DISTINCT upstream || '/' || path) AS files,
+            f"""SELECT f.recording, f.upstream, f.path, f.status, f.complete, MAX(f.id) AS last
+            FROM fetches f WHERE {where} AND {_failed("f")}
+            AND NOT EXISTS (SELECT 1 FROM fetches g WHERE g.recording = f.recording
+                AND g.upstream = f.upstream AND g.path = f.path AND {_received("g")})
+            GROUP BY f.recording, f.upstream, f.path
+            ORDER BY f.recording, f.upstream, f.path""",
+            arguments,
+        )
+    )
+
+
+def received_dists_paths(db: sqlite_utils.Database, recordings: list[str]) -> set[tuple]:
+    """(recording, upstream, path) of every dists/ file the recordings received whole."""
+    marks = ",".join("?" * len(recordings))
+    rows = db.execute(
+        f"""SELECT DISTINCT recording, upstream, path FROM fetches
+        WHERE recording IN ({marks}) AND path LIKE 'dists/%' AND {_received()}""",
+        recordings,
+    ).fetchall()
+    return {tuple(row) for row in rows}
+
+
+def recording_summaries(db: sqlite_utils.Database) -> list[dict]:
+    """One row per recording: first/last fetch, files received, clients, upstreams."""
+    return list(
+        db.query(
+            f"""SELECT recording, MIN(time) AS first, MAX(time) AS last,
+            COUNT(DISTINCT CASE WHEN {_received()} THEN upstream || '/' || path END) AS files,
             COUNT(DISTINCT client) AS clients,
             GROUP_CONCAT(DISTINCT upstream) AS upstreams
-            FROM fetches WHERE recording IS NOT NULL AND complete = 1
+            FROM fetches WHERE recording IS NOT NULL
             GROUP BY recording ORDER BY MAX(time) DESC"""
         )
     )
@@ -347,6 +389,12 @@ def insert_manifest(db: sqlite_utils.Database, manifest: dict, entries: list[dic
             [{**entry, "manifest_id": manifest["id"]} for entry in entries],
         )
     return True
+
+
+def set_manifest_label(db: sqlite_utils.Database, manifest_id: str, label: str) -> None:
+    """A label is not part of the id: a second freeze of the same set may rename it."""
+    with db.conn:
+        db.conn.execute("UPDATE manifests SET label = ? WHERE id = ?", [label, manifest_id])
 
 
 def manifest_rows(db: sqlite_utils.Database) -> list[dict]:

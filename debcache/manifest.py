@@ -40,11 +40,13 @@ from .archive import (
 )
 from .config import NAME_PATTERN, Config, Upstream
 from .errors import BadRequest, DebcacheError, NotFound
+from .recording import FailedFetch, failed_fetches
 from .store import SHA256_PATTERN, FileStore
-from .upstream import create_session, download_blob
+from .upstream import create_session, download_blob, fetch_into_store
 
 LOCKFILE_FORMAT = "debcache-manifest/1"
 SHORT_ID = 12
+MAX_UNLISTED_SIZE = 1 << 20  # a Release.gpg is a few kB; nothing larger is fetched unlisted
 
 
 class FreezeError(DebcacheError):
@@ -78,6 +80,10 @@ class Problem:
     def __str__(self) -> str:
         return f"{self.upstream}/{self.path}: {self.reason}"
 
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.upstream, self.path
+
 
 @dataclass
 class Manifest:
@@ -88,6 +94,7 @@ class Manifest:
     entries: list[Entry]
     releases: dict[str, dict] = field(default_factory=dict)
     unverified: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # freeze's, not stored
 
     @property
     def short_id(self) -> str:
@@ -137,7 +144,12 @@ class Freezer:
         self.config, self.db, self.store = config, db, store
         self.entries: dict[tuple[str, str], Entry] = {}
         self.problems: list[Problem] = []
+        self.warnings: list[str] = []  # named in freeze's output; never fail it
+        self.fetch_failures: dict[tuple[str, str], str] = {}  # why _fetch found nothing
         self.releases: dict[str, dict] = {}
+        # Verified Release texts by (upstream, sha256): the suite and its Release.gpg, if
+        # any. `stable` and the like are symlinks on a mirror: identical bytes.
+        self._verified_texts: dict[tuple[str, str], tuple[str, tuple[str, int] | None]] = {}
 
     def plan(self, recorded: Recorded, progress: Callable[[int], None] | None = None) -> None:
         for upstream_name, files in sorted(recorded.files.items()):
@@ -170,10 +182,13 @@ class Freezer:
             else:
                 self._problem(upstream.name, path, "neither under dists/ nor under pool/")
         releases = {}
-        for suite in sorted(by_suite):
+        probes = {s for s, paths in by_suite.items() if set(paths) == {f"dists/{s}/Release"}}
+        for suite in sorted(set(by_suite) - probes):
             release = self._plan_suite(upstream, suite, by_suite[suite], files)
             if release is not None:
                 releases[suite] = release
+        for suite in sorted(probes):  # after the suites used, whose Releases they may equal
+            self._plan_probe(upstream, suite, by_suite[suite], files)
         if pool:
             self._plan_pool(upstream, pool, releases, single)
 
@@ -181,6 +196,28 @@ class Freezer:
     def _is_release_file(path: str) -> bool:
         located = suite_of(path)
         return located is not None and located[1] in RELEASE_NAMES
+
+    def _plan_probe(
+        self,
+        upstream: Upstream,
+        suite: str,
+        recorded: dict[str, tuple[str, int]],
+        all_recorded: dict[str, set[tuple[str, int]]],
+    ) -> None:
+        """A Release of a suite the install used nothing else of: debian-installer's mirror
+        check asks for every suite name it knows. Verified, it goes in, so the pin answers
+        as the mirror did; unverifiable, it is named and left out (d-i skips a 404)."""
+        path = f"dists/{suite}/Release"
+        if len(all_recorded[path]) > 1:
+            self.warnings.append(
+                f"{upstream.name}/{path}: a suite probe recorded in two states; left out"
+            )
+            return
+        before = len(self.problems)
+        self._plan_suite(upstream, suite, recorded, all_recorded)
+        for problem in self.problems[before:]:
+            self.warnings.append(f"{problem}; a suite probe, left out")
+        del self.problems[before:]
 
     def _plan_suite(
         self,
@@ -192,10 +229,11 @@ class Freezer:
         prefix = f"dists/{suite}/"
         self._refuse_two_states(upstream, suite, all_recorded)
         release = self._verified_release(upstream, suite, recorded)
-        if release is None:
+        if isinstance(release, str):
+            named = {p.path for p in self.problems if p.upstream == upstream.name}
             for path in recorded:
-                if not self._is_release_file(path):
-                    self._problem(upstream.name, path, f"no verified Release for suite {suite}")
+                if path not in named:
+                    self._problem(upstream.name, path, f"no verified Release of {suite}: {release}")
             return None
         info, release_files, sha256 = release
         for path, (digest, size) in release_files.items():
@@ -205,8 +243,13 @@ class Freezer:
             "sha256": sha256,
             "valid_until": info.valid_until,
         }
+        named = {p.path for p in self.problems if p.upstream == upstream.name}
         for path, (digest, size) in recorded.items():
-            if path in release_files or self._is_release_file(path):
+            if path in release_files:
+                continue
+            if self._is_release_file(path):  # e.g. a Release.gpg with no Release beside it
+                if path not in named:
+                    self._problem(upstream.name, path, f"not part of a verified Release of {suite}")
                 continue
             relative = path[len(prefix) :]
             self._plan_index(upstream, suite, info, path, relative, digest, size)
@@ -235,8 +278,9 @@ class Freezer:
 
     def _verified_release(
         self, upstream: Upstream, suite: str, recorded: dict[str, tuple[str, int]]
-    ) -> tuple[ReleaseInfo, dict[str, tuple[str, int]], str] | None:
-        """The verified Release of a suite, the files it came from, and its sha256."""
+    ) -> tuple[ReleaseInfo, dict[str, tuple[str, int]], str] | str:
+        """The verified Release of a suite, the files it came from, and its sha256; or why
+        there is none (the recorded Release files that failed are named as problems)."""
         prefix = f"dists/{suite}/"
         forms = {name: recorded.get(prefix + name) for name in RELEASE_NAMES}
         # apt had it already (304) or fetched it outside the recording: use the cached one.
@@ -245,39 +289,60 @@ class Freezer:
             forms["Release"] = self._cached(upstream, prefix + "Release")
         if forms["Release"] and not forms["Release.gpg"]:
             forms["Release.gpg"] = self._cached(upstream, prefix + "Release.gpg")
+        if not forms["InRelease"] and not forms["Release"]:
+            return "no InRelease or Release recorded or cached"
         keyring = upstream.keyring
         if keyring is None:
-            self._problem(upstream.name, prefix + "InRelease", "the upstream has no keyring")
-            return None
+            return f"upstream {upstream.name} has no keyring to check its signature"
         # Every form present is verified (d-i and debootstrap fetch Release + Release.gpg,
         # apt InRelease): all go into the manifest, and they must say the same.
         verified: dict[str, ReleaseInfo] = {}
         files: dict[str, tuple[str, int]] = {}
+        why = "no signature verifies it"
         for name, detached in (("InRelease", None), ("Release", "Release.gpg")):
             signed = forms[name]
-            if signed is None or (detached and forms[detached] is None):
+            if signed is None:
                 continue
+            if detached and forms[detached] is None:
+                twin = self._verified_texts.get((upstream.name, signed[0]))
+                if twin is not None and twin[1] is None:  # the text of a verified InRelease
+                    verified[name] = parse_release(self._blob(signed[0]).read_bytes())
+                    files[prefix + name] = signed
+                    continue
+                found = twin[1] if twin else self._fetch_signature(upstream, prefix + detached)
+                if isinstance(found, str):
+                    why = f"no {detached} recorded or cached, nor at the upstream ({found})"
+                    if prefix + name in recorded and "InRelease" not in verified:
+                        self._problem(upstream.name, prefix + name, why)
+                    elif prefix + name in recorded:
+                        self._problem(
+                            upstream.name, prefix + name, f"differs from InRelease; {why}"
+                        )
+                    continue
+                forms[detached] = found
             try:
                 blob = self._blob(signed[0])
                 signature = self._blob(forms[detached][0]) if detached else None
                 text = verify_signature(keyring, signature or blob, blob if detached else None)
             except SignatureError as exc:
-                self._problem(upstream.name, prefix + name, f"bad signature ({exc})")
-                return None
+                why = f"{name}: bad signature ({exc})"
+                if prefix + name in recorded:
+                    self._problem(upstream.name, prefix + name, f"bad signature ({exc})")
+                return why
             except FileNotFoundError:
-                self._problem(upstream.name, prefix + name, "blob missing from store")
-                return None
+                if prefix + name in recorded:
+                    self._problem(upstream.name, prefix + name, "blob missing from store")
+                return f"{name}: blob missing from store"
             verified[name] = parse_release(text)
             files[prefix + name] = signed
             if detached:
                 files[prefix + detached] = forms[detached]
+            signature_entry = forms[detached] if detached else None
+            key = (upstream.name, hashlib.sha256(text).hexdigest())
+            if self._verified_texts.get(key, (suite, None))[1] is None:
+                self._verified_texts[key] = (suite, signature_entry)
         if not verified:
-            self._problem(
-                upstream.name,
-                prefix + "InRelease",
-                "no InRelease or Release+Release.gpg recorded or cached",
-            )
-            return None
+            return why
         states = {(info.date, tuple(sorted(info.entries.items()))) for info in verified.values()}
         if len(states) > 1:
             raise FreezeError(
@@ -288,6 +353,12 @@ class Freezer:
             )
         main = forms["InRelease"] or forms["Release"]
         return next(iter(verified.values())), files, main[0]
+
+    def _fetch_signature(self, upstream: Upstream, path: str) -> tuple[str, int] | str:
+        """A detached signature fetched from the upstream now (gpgv decides if it fits),
+        or why it could not be."""
+        found = self._fetch(upstream, path, None)
+        return found or self.fetch_failures.get((upstream.name, path), "not fetched")
 
     def _cached(self, upstream: Upstream, path: str) -> tuple[str, int] | None:
         sha256 = queries.cached_sha256(self.db, upstream.name, path)
@@ -398,16 +469,33 @@ class Freezer:
                 )
                 listings.use(listing)
 
-    def _fetch(self, upstream: Upstream, path: str, listed: ReleaseEntry) -> bool:
-        """Fetch a file the verified Release lists into the store; True if it arrived."""
+    def _fetch(
+        self, upstream: Upstream, path: str, listed: ReleaseEntry | None
+    ) -> tuple[str, int] | None:
+        """Fetch a file from the upstream into the store: (sha256, size), or None (why is
+        kept in `fetch_failures`).
 
-        async def fetch() -> str | None:
+        `listed`: the verified Release's entry, which the body must match; None for a
+        file no index lists (a detached signature, checked by gpgv afterwards).
+        """
+
+        async def fetch() -> tuple[str, int] | str:
             async with create_session() as session:
                 urls = [upstream_url(base, path) for base in upstream.urls]
-                return await download_blob(session, urls, listed.sha256, listed.size, self.store)
+                if listed is None:
+                    return await fetch_into_store(
+                        session, urls, self.store, max_size=MAX_UNLISTED_SIZE
+                    )
+                return await fetch_into_store(
+                    session, urls, self.store, sha256=listed.sha256, size=listed.size
+                )
 
         self.store.create_directories()
-        return asyncio.run(fetch()) is None
+        outcome = asyncio.run(fetch())
+        if isinstance(outcome, str):
+            self.fetch_failures[(upstream.name, path)] = outcome
+            return None
+        return outcome
 
     def add(self, entry: Entry) -> None:
         self.entries[entry.key] = entry
@@ -556,20 +644,32 @@ def plan_manifest(
     *,
     label: str | None = None,
     allow_unverified: bool = False,
+    strict: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Manifest:
-    """The manifest the recordings would freeze into; raises if a file can't be verified."""
+    """The manifest the recordings would freeze into; raises if a file can't be verified.
+
+    strict: refuse recordings with failed fetches that a good install does not have.
+    """
     recordings = sorted(set(recordings))
     check_recordings_exist(db, recordings)
+    failures = [f for f in failed_fetches(db, recordings) if not f.expected]
+    if strict and failures:
+        raise FailedFetches(failures)
     freezer = Freezer(config, db, store)
     recorded = Recorded.load(db, recordings)
+    if not recorded.files:
+        raise FreezeError(
+            f"{recordings_named(recordings)} received no file whole, so there is nothing to freeze",
+            "record the install again; `debcache recordings show NAME` lists its failed fetches",
+        )
     freezer.plan(recorded, progress)
-    unverified = [p for p in freezer.problems if (p.upstream, p.path) not in freezer.entries]
+    unverified = _unverified(freezer, recorded)
     if unverified and not allow_unverified:
         raise UnverifiableFiles(unverified)
     for problem in unverified:
         versions = recorded.files.get(problem.upstream, {}).get(problem.path, set())
-        if len(versions) == 1:
+        if len(versions) == 1 and problem.key not in freezer.entries:
             sha256, size = next(iter(versions))
             freezer.add(Entry(problem.upstream, problem.path, sha256, size))
     entries = sorted(freezer.entries.values(), key=lambda e: e.key)
@@ -577,6 +677,7 @@ def plan_manifest(
     if missing:
         problems = [Problem(e.upstream, e.path, "blob missing from store") for e in missing]
         raise UnverifiableFiles(problems)
+    warnings = [f"{f}: a failed fetch, not in the manifest" for f in failures]
     return Manifest(
         manifest_id(entries),
         label,
@@ -585,7 +686,24 @@ def plan_manifest(
         entries,
         freezer.releases,
         [str(p) for p in unverified],
+        warnings + freezer.warnings,
     )
+
+
+def _unverified(freezer: Freezer, recorded: Recorded) -> list[Problem]:
+    """The problems that keep a recorded file out, one per file.
+
+    A problem is moot only when the manifest holds exactly what was recorded at that
+    path, verified another way (a by-hash name vouches for its canonical index).
+    """
+    unverified: dict[tuple[str, str], Problem] = {}
+    for problem in freezer.problems:
+        entry = freezer.entries.get(problem.key)
+        versions = recorded.files.get(problem.upstream, {}).get(problem.path, set())
+        if entry is not None and (entry.sha256, entry.size) in versions and len(versions) == 1:
+            continue
+        unverified.setdefault(problem.key, problem)
+    return list(unverified.values())
 
 
 def freeze(
@@ -595,9 +713,18 @@ def freeze(
     recordings: list[str],
     **options: object,
 ) -> tuple[Manifest, bool]:
-    """Verify the recordings' files and store them as a manifest; (manifest, newly created)."""
+    """Verify the recordings' files and store them as a manifest; (manifest, newly created).
+
+    Freezing a set frozen before gives that manifest, relabelled when `label` is given.
+    """
     manifest = plan_manifest(config, db, store, recordings, **options)
-    return manifest, save_manifest(db, manifest)
+    if save_manifest(db, manifest):
+        return manifest, True
+    if manifest.label is not None:
+        queries.set_manifest_label(db, manifest.id, manifest.label)
+    stored = load_manifest(db, manifest.id)
+    stored.warnings = manifest.warnings
+    return stored, False
 
 
 class UnverifiableFiles(FreezeError):
@@ -605,11 +732,33 @@ class UnverifiableFiles(FreezeError):
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        listing = "\n".join(f"  {p}" for p in problems)
         super().__init__(
-            f"{len(problems)} recorded file(s) could not be verified:\n{listing}\n",
-            "fix the mirror or the keyring and record again, or pass --allow-unverified",
+            f"{len(problems)} recorded file(s) could not be verified",
+            "fix the mirror or the keyring and record again, or pass --allow-unverified "
+            "to include them marked unverified",
         )
+
+    def __str__(self) -> str:
+        # The sentence first, whole; then the files, one per line.
+        return "\n".join([super().__str__(), *(f"  {p}" for p in self.problems)])
+
+
+class FailedFetches(FreezeError):
+    """freeze --strict: the recordings got errors a good install does not get."""
+
+    def __init__(self, failures: list[FailedFetch]) -> None:
+        self.failures = failures
+        recordings = recordings_named(sorted({f.recording for f in failures}))
+        super().__init__(
+            f"{recordings} had {len(failures)} failed fetch(es), so it is not a known-good "
+            f"install: {', '.join(str(f) for f in failures)}",
+            "fix the mirror and record the install again, or freeze without --strict",
+        )
+
+
+def recordings_named(names: list[str]) -> str:
+    """`recording a` or `recordings a, b`: a message never starts with a bare name."""
+    return f"recording{'s' if len(names) > 1 else ''} {', '.join(names)}"
 
 
 def check_recordings_exist(db: sqlite_utils.Database, recordings: list[str]) -> None:

@@ -12,8 +12,11 @@ import base64
 import binascii
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+import sqlite_utils
+
+from . import db as queries
 from .db import FETCH_COLUMNS, Database
 from .errors import BadRequest
 from .metrics import Metrics
@@ -89,3 +92,96 @@ class FetchLog:
             self.metrics.count_request(record.source, record.status, record.size, record.complete)
         # The dataclass fields are the table's columns (a SQLite boolean is 0 or 1).
         self.database.log_fetch(tuple(getattr(record, column) for column in FETCH_COLUMNS))
+
+
+# --- failed fetches -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FailedFetch:
+    """A path a recording asked for and never received whole (its last attempt)."""
+
+    recording: str
+    upstream: str
+    path: str
+    status: int
+    complete: bool
+    expected: str | None  # why this failure is normal for an installer, else None
+
+    def __str__(self) -> str:
+        return f"{self.upstream}/{self.path} ({self.outcome})"
+
+    @property
+    def outcome(self) -> str:
+        if not self.status:
+            return "no response"
+        return f"HTTP {self.status}" + ("" if self.complete else ", incomplete")
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def failed_fetches(
+    db: sqlite_utils.Database, recordings: list[str] | None = None
+) -> list[FailedFetch]:
+    """The recordings' failed fetches (all recordings when None), each marked when expected."""
+    rows = queries.failed_fetches(db, recordings)
+    names = sorted({row["recording"] for row in rows})
+    received = queries.received_dists_paths(db, names) if names else set()
+    return [
+        FailedFetch(
+            row["recording"],
+            row["upstream"],
+            row["path"],
+            row["status"],
+            bool(row["complete"]),
+            expected_failure(row, received),
+        )
+        for row in rows
+    ]
+
+
+def expected_failure(row: dict, received: set[tuple]) -> str | None:
+    """Why a 404 is what a good install gets, or None.
+
+    debian-installer probes dists/<suite>/Release of every suite name it knows and
+    skips those the mirror lacks; apt and debootstrap ask for InRelease first and
+    fall back to Release + Release.gpg. Neither says the install went wrong.
+    """
+    parts = row["path"].split("/")
+    if row["status"] != 404 or not row["complete"] or len(parts) != 3 or parts[0] != "dists":
+        return None
+    recording, upstream, prefix = row["recording"], row["upstream"], f"dists/{parts[1]}/"
+    if parts[2] == "Release":
+        if not any(
+            r == recording and u == upstream and p.startswith(prefix) for r, u, p in received
+        ):
+            return "a suite probe: the mirror has no such suite"
+    elif parts[2] == "InRelease":
+        fallback = {(recording, upstream, prefix + name) for name in ("Release", "Release.gpg")}
+        if fallback <= received:
+            return "Release and Release.gpg were fetched instead"
+    return None
+
+
+def recording_summaries(db: sqlite_utils.Database) -> list[dict]:
+    """One row per recording: first/last fetch, files received, failed fetches (and how
+    many of those are expected), clients, upstreams."""
+    rows = queries.recording_summaries(db)
+    failed: dict[str, list[FailedFetch]] = {}
+    for failure in failed_fetches(db):
+        failed.setdefault(failure.recording, []).append(failure)
+    for row in rows:
+        mine = failed.get(row["recording"], [])
+        row["failed"] = len(mine)
+        row["expected_failures"] = sum(1 for f in mine if f.expected)
+    return rows
+
+
+def recording_contents(db: sqlite_utils.Database, name: str) -> dict:
+    """What `recordings show` lists: the files received and, apart, the failed fetches."""
+    return {
+        "recording": name,
+        "files": queries.recorded_files(db, [name]),
+        "failed": [f.as_json() for f in failed_fetches(db, [name])],
+    }

@@ -150,6 +150,28 @@ async def download_blob(
 
     `size` None: only the hash decides.
     """
+    outcome = await fetch_into_store(
+        session, urls, store, sha256=sha256, size=size, timeout=timeout
+    )
+    return outcome if isinstance(outcome, str) else None
+
+
+async def fetch_into_store(
+    session: aiohttp.ClientSession,
+    urls: list[str],
+    store: FileStore,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    max_size: int | None = None,
+    timeout: float = 30.0,
+) -> tuple[str, int] | str:
+    """(sha256, size) of the blob stored from the first URL that has it whole, or why not.
+
+    With `sha256` (and `size`) given, only a body that matches counts; without, any
+    200 body of at most `max_size` bytes does (a detached signature whose hash no
+    index lists is checked by gpgv afterwards).
+    """
     failures = []
     client_timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=CONNECT_TIMEOUT, sock_read=timeout
@@ -161,15 +183,19 @@ async def download_blob(
                 if response.status != 200:
                     failures.append(f"{url}: HTTP {response.status}")
                     continue
-                digest, received = await _save_body(response, temp)
-            if digest != sha256 or size not in (None, received):
+                digest, received = await _save_body(response, temp, max_size)
+            if max_size is not None and received > max_size:
+                failures.append(f"{url}: larger than {max_size} bytes")
+                continue
+            if (sha256 is not None and digest != sha256) or size not in (None, received):
                 failures.append(
-                    f"{url}: got sha256 {digest[:12]} ({received} bytes), not {sha256[:12]}"
+                    f"{url}: got sha256 {digest[:12]} ({received} bytes), "
+                    f"not {(sha256 or '?')[:12]}"
                 )
                 continue
-            blob = store.commit(temp, sha256)
+            blob = store.commit(temp, digest)
             await asyncio.to_thread(store.sync_directory, blob.parent)
-            return None
+            return digest, received
         except (aiohttp.ClientError, TimeoutError) as exc:
             failures.append(f"{url}: {describe_failure(exc)}")
         finally:
@@ -177,7 +203,10 @@ async def download_blob(
     return "; ".join(failures) or "no URL to fetch it from"
 
 
-async def _save_body(response: aiohttp.ClientResponse, temp: Path) -> tuple[str, int]:
+async def _save_body(
+    response: aiohttp.ClientResponse, temp: Path, max_size: int | None = None
+) -> tuple[str, int]:
+    """Write the body to `temp`; stops once it is past `max_size` (the caller checks)."""
     hasher = hashlib.sha256()
     received = 0
     async with aiofiles.open(temp, "wb") as out:
@@ -185,6 +214,8 @@ async def _save_body(response: aiohttp.ClientResponse, temp: Path) -> tuple[str,
             hasher.update(chunk)
             received += len(chunk)
             await out.write(chunk)
+            if max_size is not None and received > max_size:
+                break
         await out.flush()
         await asyncio.to_thread(os.fsync, out.fileno())
     return hasher.hexdigest(), received

@@ -28,6 +28,7 @@ from ..manifest import (
     load_manifest,
     resolve_manifest_id,
 )
+from ..recording import recording_contents, recording_summaries
 from ..store import FileStore
 from .keys import CONFIG
 
@@ -130,17 +131,17 @@ async def _body(request: web.Request) -> dict:
 
 
 async def recordings(request: web.Request) -> web.Response:
-    return _json(await _run(request, lambda c, db, s: queries.recording_summaries(db)))
+    return _json(await _run(request, lambda c, db, s: recording_summaries(db)))
 
 
 async def recording(request: web.Request) -> web.Response:
     name = request.match_info["name"]
 
-    def files(config, db: sqlite_utils.Database, store) -> list[dict]:
+    def contents(config, db: sqlite_utils.Database, store) -> dict:
         check_recordings_exist(db, [name])
-        return queries.recorded_files(db, [name])
+        return recording_contents(db, name)
 
-    return _json(await _run(request, files))
+    return _json(await _run(request, contents))
 
 
 async def manifests(request: web.Request) -> web.Response:
@@ -186,7 +187,8 @@ async def difference(request: web.Request) -> web.Response:
 
 
 async def freeze_recordings(request: web.Request) -> web.Response:
-    """{"recordings": [...], "label": ..., "promote": BRANCH, "allow_unverified": false}"""
+    """{"recordings": [...], "label": ..., "promote": BRANCH, "allow_unverified": false,
+    "strict": false}"""
     check_may_change(request)
     body = await _body(request)
     names = body.get("recordings")
@@ -201,10 +203,19 @@ async def freeze_recordings(request: web.Request) -> web.Response:
             names,
             label=body.get("label"),
             allow_unverified=bool(body.get("allow_unverified")),
+            strict=bool(body.get("strict")),
         )
         if body.get("promote"):
             promote(db, store, str(body["promote"]), made.id, note=f"freeze {' '.join(names)}")
-        return {"id": made.id, "files": len(made.entries), "bytes": made.bytes, "created": created}
+        return {
+            "id": made.id,
+            "label": made.label,
+            "files": len(made.entries),
+            "bytes": made.bytes,
+            "created": created,
+            "unverified": made.unverified,
+            "warnings": made.warnings,
+        }
 
     return _json(await _run(request, operation))
 
