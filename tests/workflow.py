@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 from apt import AptRoot
@@ -65,7 +66,8 @@ def record_install(
     # served from the cache reach no mirror, so the mirror's count alone is too low for a
     # second host: the .debs apt downloaded come last, so wait for their rows too.
     expected = rows_before + len(mirror.requests) - before
-    downloaded = set(apt.downloaded()) - had
+    # apt names a file name_EPOCH%3aVERSION_ARCH.deb; the pool name has no epoch.
+    downloaded = {re.sub(r"_\d+%3a", "_", name) for name in set(apt.downloaded()) - had}
 
     def complete(rows: list[dict]) -> bool:
         names = {row["path"].rpartition("/")[2] for row in rows}
