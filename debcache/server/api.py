@@ -130,10 +130,12 @@ async def _body(request: web.Request) -> dict:
 
 
 async def recordings(request: web.Request) -> web.Response:
+    """Recordings: name, first and last fetch, files, clients, upstreams."""
     return _json(await _run(request, lambda c, db, s: queries.recording_summaries(db)))
 
 
 async def recording(request: web.Request) -> web.Response:
+    """Every file one recording fetched, with its sha256."""
     name = request.match_info["name"]
 
     def files(config, db: sqlite_utils.Database, store) -> list[dict]:
@@ -144,6 +146,7 @@ async def recording(request: web.Request) -> web.Response:
 
 
 async def manifests(request: web.Request) -> web.Response:
+    """Manifests: id, label, created, files, bytes."""
     rows = await _run(request, lambda c, db, s: queries.manifest_rows(db))
     return _json(
         [{k: v for k, v in r.items() if k not in ("releases", "unverified")} for r in rows]
@@ -151,6 +154,7 @@ async def manifests(request: web.Request) -> web.Response:
 
 
 async def manifest(request: web.Request) -> web.Response:
+    """One manifest (id or unique prefix) as its lockfile."""
     reference = request.match_info["id"]
     found = await _run(
         request, lambda c, db, s: load_manifest(db, resolve_manifest_id(db, reference))
@@ -159,10 +163,12 @@ async def manifest(request: web.Request) -> web.Response:
 
 
 async def branches(request: web.Request) -> web.Response:
+    """Branches and the manifest each points at."""
     return _json(await _run(request, lambda c, db, s: queries.branch_rows(db)))
 
 
 async def branch_log(request: web.Request) -> web.Response:
+    """A branch's promotes and rollbacks, newest first."""
     name = request.match_info["name"]
 
     def history(config, db, store) -> list[dict]:
@@ -173,6 +179,7 @@ async def branch_log(request: web.Request) -> web.Response:
 
 
 async def difference(request: web.Request) -> web.Response:
+    """Package-level differences: ?a=...&b=... (manifests, branches or recordings)."""
     a, b = request.query.get("a"), request.query.get("b")
     if not a or not b:
         raise BadRequest("diff needs ?a=...&b=...", "name two manifests, branches or recordings")
@@ -186,7 +193,7 @@ async def difference(request: web.Request) -> web.Response:
 
 
 async def freeze_recordings(request: web.Request) -> web.Response:
-    """{"recordings": [...], "label": ..., "promote": BRANCH, "allow_unverified": false}"""
+    """Freeze recordings: {"recordings": [...], "label", "promote": BRANCH, "allow_unverified"}."""
     check_may_change(request)
     body = await _body(request)
     names = body.get("recordings")
@@ -210,7 +217,7 @@ async def freeze_recordings(request: web.Request) -> web.Response:
 
 
 async def promote_branch(request: web.Request) -> web.Response:
-    """{"manifest": ID, "note": ...}"""
+    """Point a branch at a manifest: {"manifest": ID, "note": ...}."""
     check_may_change(request)
     body = await _body(request)
     name = request.match_info["name"]
@@ -222,7 +229,7 @@ async def promote_branch(request: web.Request) -> web.Response:
 
 
 async def rollback_branch(request: web.Request) -> web.Response:
-    """{"to": ID or null, "note": ...}"""
+    """Roll a branch back: {"to": ID or null, "note": ...}."""
     check_may_change(request)
     body = await _body(request)
     name = request.match_info["name"]
