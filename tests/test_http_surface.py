@@ -148,23 +148,22 @@ def test_the_access_log_shows_every_byte_sent_for_each_way_of_sending(
     range, a HEAD."""
     record_install(keyed_debcache, AptRoot(tmp_path / "a"), archive, mirror, "r1", "bigpkg")
     freeze_json(keyed_debcache, "r1", "--promote", "b1")
-    big = archive.pool_path("bigpkg", "1:3.0-1")
+    big = archive.pool_path("bigpkg", "1:3.0-1")  # recorded, so a hit
     size = len(archive.read(big))
     assert size > 1024 * 1024  # well above the size debcache writes inline
-    port = keyed_debcache.port
+    hello = archive.pool_path("hello", "2.10-3")  # not recorded, so a miss
     exchanges = [
-        ("GET", f"/debian/{big}?miss", ""),
-        ("GET", f"/debian/{big}?hit", ""),
-        ("GET", f"/debian/{INRELEASE}?small-hit", ""),
-        ("GET", f"/pin/b1/debian/{big}?pinned", ""),
-        ("GET", f"/pin/b1/debian/{big}?range", "Range: bytes=1000-\r\n"),
-        ("HEAD", f"/debian/{big}?head", ""),
+        ("GET", f"/debian/{hello}?streamed", "", "miss"),
+        ("GET", f"/debian/{hello}?small", "", "hit"),
+        ("GET", f"/debian/{big}?sendfile", "", "hit"),
+        ("GET", f"/debian/{big}?range", "Range: bytes=1000-\r\n", "hit"),
+        ("HEAD", f"/debian/{big}?head", "", "hit"),
+        ("GET", f"/pin/b1/debian/{big}?pinned", "", "pinned"),
     ]
-    get(keyed_debcache.url, f"/debian/{INRELEASE}")  # revalidated once, then a hit
-    for method, target, headers in exchanges:
-        received = whole_exchange(port, method, target, headers)
+    for method, target, headers, expected_source in exchanges:
+        received = whole_exchange(keyed_debcache.port, method, target, headers)
         status, sent, source = logged(access_log, target)
-        assert sent == len(received), (target, source, sent, len(received))
+        assert (sent, source) == (len(received), expected_source), target
         assert status == (206 if "range" in target else 200)
     assert logged(access_log, f"/pin/b1/debian/{big}?pinned")[1] > size
 

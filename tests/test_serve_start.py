@@ -122,9 +122,11 @@ def test_the_readme_shows_the_lines_serve_prints_at_start(
     )
     process = start_serve(config, port, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
-        printed = []
+        printed: list[str] = []
         while not printed or "listening on" not in printed[-1]:
-            printed.append(process.stderr.readline().rstrip("\n"))
+            line = process.stderr.readline()
+            assert line, f"serve stopped printing before listening: {printed}"
+            printed.append(line.rstrip("\n"))
     finally:
         process.terminate()
         process.wait(timeout=30)

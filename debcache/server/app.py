@@ -169,8 +169,8 @@ def check_something_to_serve(config: Config) -> None:
     raise ConfigError(
         f"nothing to serve: no upstream {where} or found in /etc/apt/sources.list "
         f"(and sources.list.d), and no manifest in {config.data_dir}",
-        "add an [upstreams.NAME] table with urls to a configuration file and pass it with "
-        "--config (see etc/debcache.toml), or check the deb lines of /etc/apt/sources.list",
+        "add an [upstreams.NAME] table with urls to a configuration file passed with "
+        "--config, or check the deb lines in /etc/apt/sources.list",
     )
 
 
