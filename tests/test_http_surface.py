@@ -84,6 +84,16 @@ def test_a_wrong_method_on_one_of_debcache_s_pages_is_a_405_naming_the_right_one
     assert freeze.status == 405 and freeze.header("Allow") == "POST"
 
 
+def test_a_refused_proxy_method_is_a_405_naming_get_and_head(
+    debcache: DebcacheServer, mirror: FakeMirror
+) -> None:
+    """RFC 9110 15.5.6: a 405 carries Allow."""
+    connect = request(debcache.url, "mirror.example.org:443", method="CONNECT")
+    delete = request(debcache.url, f"{mirror.url}/debian/{INRELEASE}", method="DELETE")
+    for reply in (connect, delete):
+        assert reply.status == 405 and reply.header("Allow") == "GET, HEAD", reply
+
+
 # --- the access log -------------------------------------------------------------------
 
 

@@ -109,7 +109,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException:
         raise
     except DebcacheError as exc:
-        return web.Response(status=exc.status, text=f"{exc}\n")
+        # A 405 must name what is allowed (RFC 9110 15.5.6); debcache proxies GET and HEAD.
+        headers = {"Allow": "GET, HEAD"} if exc.status == 405 else None
+        return web.Response(status=exc.status, text=f"{exc}\n", headers=headers)
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.raw_path)
         return web.Response(
