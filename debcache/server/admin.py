@@ -151,7 +151,8 @@ async def unknown_page(request: web.Request) -> web.StreamResponse:
         raise web.HTTPMethodNotAllowed(request.method, allowed)
     listing = ", ".join(f"{e['method']} {e['path']}" for e in own_endpoints(request.app))
     raise NotFound(
-        f"there is no {request.path} among debcache's own pages ({listing})",
+        # The raw path: decoded, a %0A would break the one-line answer.
+        f"there is no {request.rel_url.raw_path} among debcache's own pages ({listing})",
         f"GET {OWN_PREFIX}api/ describes each of them",
     )
 

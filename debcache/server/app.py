@@ -52,12 +52,13 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/_/key.gpg", admin.public_key)
     app.router.add_get("/_/key.asc", admin.public_key)
     # /_/ is debcache's own namespace, never an upstream's: after its real pages, any
-    # other path there is a 404 that lists them.
+    # other path there is a 404 that lists them. [\s\S], not ".": a %0A in a path
+    # must reach the handlers, which answer it, not fall through the router.
     app.router.add_route("*", "/_", admin.unknown_page)
-    app.router.add_route("*", "/_/{tail:.*}", admin.unknown_page)
-    app.router.add_get("/pin/{tail:.+}", serve_pinned)
-    app.router.add_get("/manifest/{tail:.+}", serve_manifest)
-    app.router.add_get("/{tail:.+}", serve_live)
+    app.router.add_route("*", r"/_/{tail:[\s\S]*}", admin.unknown_page)
+    app.router.add_get(r"/pin/{tail:[\s\S]+}", serve_pinned)
+    app.router.add_get(r"/manifest/{tail:[\s\S]+}", serve_manifest)
+    app.router.add_get(r"/{tail:[\s\S]+}", serve_live)
     return app
 
 
