@@ -105,7 +105,7 @@ def serve(config: Config, listen: tuple[str, ...], data_dir: Path | None) -> Non
     Example:
         debcache serve --listen 127.0.0.1:3142
     """
-    from .server.app import bind_sockets, serve_forever
+    from .server.app import bind_sockets, check_something_to_serve, serve_forever
 
     if listen:
         config = dataclasses.replace(config, listen=tuple(_parse_listen(v) for v in listen))
@@ -116,6 +116,7 @@ def serve(config: Config, listen: tuple[str, ...], data_dir: Path | None) -> Non
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    check_something_to_serve(config)
     try:
         sockets = bind_sockets(config)
     except OSError as exc:
@@ -142,7 +143,7 @@ def _print_start(config: Config) -> None:
     if not config.upstreams:
         click.echo(
             "debcache: no upstreams configured or found in apt sources; "
-            "add [upstreams.NAME] to the configuration",
+            "serving the pinned branches only",
             err=True,
         )
     for upstream in config.upstreams.values():

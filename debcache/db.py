@@ -550,3 +550,15 @@ def fetches(db: sqlite_utils.Database, recording: str | None = None) -> list[dic
     if recording is None:
         return list(db.query("SELECT * FROM fetches ORDER BY id"))
     return list(db.query("SELECT * FROM fetches WHERE recording = ? ORDER BY id", [recording]))
+
+
+def has_manifests(db: sqlite_utils.Database) -> bool:
+    return db.execute("SELECT 1 FROM manifests LIMIT 1").fetchone() is not None
+
+
+def branch_upstreams(db: sqlite_utils.Database) -> list[tuple[str, str]]:
+    """(branch, upstream) for every upstream that a branch's current manifest holds files of."""
+    return db.execute(
+        """SELECT DISTINCT b.name, e.upstream FROM branches b
+        JOIN manifest_entries e ON e.manifest_id = b.manifest_id ORDER BY b.name, e.upstream"""
+    ).fetchall()

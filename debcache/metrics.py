@@ -17,7 +17,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "debcache_requests",
-            "Archive requests served, by cache source and status",
+            "Requests answered, by cache source (none: not an archive file) and status",
             ["source", "status"],
             registry=self.registry,
         )
@@ -39,8 +39,12 @@ class Metrics:
             registry=self.registry,
         )
 
-    def count_request(self, source: str, status: int, size: int | None, complete: bool) -> None:
+    def count_request(self, source: str, status: int) -> None:
+        """Every request the server answers, debcache's own pages and errors included."""
         self.requests.labels(source, str(status)).inc()
+
+    def count_file(self, source: str, status: int, size: int | None, complete: bool) -> None:
+        """An archive file's fetch-log row: its bytes count once it went out whole."""
         if complete and size and status == 200:
             self.response_bytes.labels(source).inc(size)
 

@@ -89,7 +89,7 @@ class FetchLog:
         """Log a request once its response is over, complete or not."""
         record.duration = round(time.time() - record.time, 6)
         if self.metrics:
-            self.metrics.count_request(record.source, record.status, record.size, record.complete)
+            self.metrics.count_file(record.source, record.status, record.size, record.complete)
         # The dataclass fields are the table's columns (a SQLite boolean is 0 or 1).
         self.database.log_fetch(tuple(getattr(record, column) for column in FETCH_COLUMNS))
 

@@ -26,6 +26,7 @@ TRAVERSALS = [
     "/debian/pool/..%5c..%5cetc%5cpasswd",
     "/debian/pool\\..\\..\\etc\\passwd",
     "/debian/pool/a%00b.deb",
+    "/debian/pool/a%0Ab.deb",
     "/debian/%252e%252e/%252e%252e/etc/passwd",
     "/debian/pool//main/x.deb",
     "/debian/./dists/bookworm/InRelease",

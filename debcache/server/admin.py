@@ -1,19 +1,30 @@
-"""debcache's own pages under /_/: status (HTML and JSON), metrics, liveness, the public key."""
+"""debcache's own pages: under /_/ status (HTML and JSON), metrics, liveness, the public key
+and an index of them; at / a short page pointing at them and at the mirror URLs.
+
+The router is the one table of these pages: the /_/api/ index, the 404 for an
+unknown /_/ path and the front page all read it, and each page's description is
+the first line of its handler's docstring.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import html
+import json
 from datetime import UTC, datetime
 from importlib import resources
 from string import Template
 
 from aiohttp import web
 
+from .. import db as queries
+from ..errors import NotFound
 from ..metrics import CONTENT_TYPE
 from ..resign import export_public_key
 from ..status import collect_status, status_json
 from .keys import CONFIG, DATABASE, METRICS
+
+OWN_PREFIX = "/_/"
 
 STATUS_PAGE = Template(
     resources.files("debcache.server").joinpath("templates/status.html").read_text()
@@ -50,7 +61,7 @@ async def status_api(request: web.Request) -> web.Response:
 
 
 async def status_page(request: web.Request) -> web.Response:
-    """Upstreams, branches and their manifests, recent recordings, cache size and hit ratio."""
+    """Status page (HTML): upstreams, branches, recent recordings, cache size, hit ratio."""
     status = await _status(request)
     last = status["last_24h"]
     ratio = "-" if last["hit_ratio"] is None else f"{last['hit_ratio']:.1%}"
@@ -106,3 +117,87 @@ def _when(timestamp: float | None) -> str:
 
 def _size(count: int) -> str:
     return f"{count / 1e6:.1f} MB"
+
+
+# --- the index of debcache's own pages, and the front page -----------------------------
+
+
+def own_endpoints(app: web.Application) -> list[dict[str, str]]:
+    """Every route under /_/: method, path and the first line of its handler's docstring."""
+    endpoints = []
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        # HEAD comes with every GET; "*" is the catch-all that answers unknown paths.
+        if path.startswith(OWN_PREFIX) and route.method not in ("HEAD", "*"):
+            lines = (route.handler.__doc__ or "").strip().splitlines()
+            endpoints.append(
+                {"method": route.method, "path": path, "description": lines[0] if lines else ""}
+            )
+    return endpoints
+
+
+async def api_index(request: web.Request) -> web.Response:
+    """This index: every endpoint under /_/ with its method and what it does."""
+    return web.json_response(
+        {"endpoints": own_endpoints(request.app)},
+        dumps=lambda document: json.dumps(document, indent=2),
+    )
+
+
+async def unknown_page(request: web.Request) -> web.StreamResponse:
+    # No docstring on purpose: this catch-all is not one of the pages it lists.
+    allowed = await _methods_of_own_path(request)
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    listing = ", ".join(f"{e['method']} {e['path']}" for e in own_endpoints(request.app))
+    raise NotFound(
+        # The raw path: decoded, a %0A would break the one-line answer.
+        f"there is no {request.rel_url.raw_path} among debcache's own pages ({listing})",
+        f"GET {OWN_PREFIX}api/ describes each of them",
+    )
+
+
+async def _methods_of_own_path(request: web.Request) -> set[str]:
+    """The methods a real /_/ page takes at this path (the router took the catch-all
+    because it matches any method, so a wrong method must be found here)."""
+    allowed: set[str] = set()
+    catch_all = request.match_info.route.resource
+    for resource in request.app.router.resources():
+        if resource is not catch_all and resource.canonical.startswith(OWN_PREFIX):
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    return allowed
+
+
+async def front_page(request: web.Request) -> web.Response:
+    """Where to go from here: the status page, the API index and the mirror URLs."""
+    config = request.app[CONFIG]
+    base = f"http://{request.host}"
+    pinned = await request.app[DATABASE].read(queries.branch_upstreams)
+    sections = [
+        ("debcache's own pages", [f"{base}/_/", f"{base}/_/api/", f"{base}/_/metrics"]),
+        ("Mirror URLs (live cache)", [f"{base}/{name}/" for name in config.upstreams]),
+        ("Pinned branches", [f"{base}/pin/{branch}/{upstream}/" for branch, upstream in pinned]),
+    ]
+    if "text/html" in request.headers.get("Accept", ""):
+        return web.Response(text=_front_page_html(sections), content_type="text/html")
+    return web.Response(text=_front_page_text(sections))
+
+
+def _front_page_text(sections: list[tuple[str, list[str]]]) -> str:
+    lines = ["debcache: a caching proxy for Debian archives."]
+    for title, urls in sections:
+        lines += ["", f"{title}:", *(f"  {url}" for url in urls or ["(none)"])]
+    return "\n".join(lines) + "\n"
+
+
+def _front_page_html(sections: list[tuple[str, list[str]]]) -> str:
+    parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">']
+    parts += ["<title>debcache</title></head><body>", "<h1>debcache</h1>"]
+    parts.append("<p>A caching proxy for Debian archives.</p>")
+    for title, urls in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        items = [f'<li><a href="{html.escape(u)}">{html.escape(u)}</a></li>' for u in urls]
+        parts.append("<ul>" + "".join(items) + "</ul>" if urls else "<p>(none)</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -131,10 +131,12 @@ async def _body(request: web.Request) -> dict:
 
 
 async def recordings(request: web.Request) -> web.Response:
+    """Recordings: name, first and last fetch, files, failed fetches, clients, upstreams."""
     return _json(await _run(request, lambda c, db, s: recording_summaries(db)))
 
 
 async def recording(request: web.Request) -> web.Response:
+    """Every file one recording fetched, with its sha256, and its failed fetches."""
     name = request.match_info["name"]
 
     def contents(config, db: sqlite_utils.Database, store) -> dict:
@@ -145,6 +147,7 @@ async def recording(request: web.Request) -> web.Response:
 
 
 async def manifests(request: web.Request) -> web.Response:
+    """Manifests: id, label, created, files, bytes."""
     rows = await _run(request, lambda c, db, s: queries.manifest_rows(db))
     return _json(
         [{k: v for k, v in r.items() if k not in ("releases", "unverified")} for r in rows]
@@ -152,6 +155,7 @@ async def manifests(request: web.Request) -> web.Response:
 
 
 async def manifest(request: web.Request) -> web.Response:
+    """One manifest (id or unique prefix) as its lockfile."""
     reference = request.match_info["id"]
     found = await _run(
         request, lambda c, db, s: load_manifest(db, resolve_manifest_id(db, reference))
@@ -160,10 +164,12 @@ async def manifest(request: web.Request) -> web.Response:
 
 
 async def branches(request: web.Request) -> web.Response:
+    """Branches and the manifest each points at."""
     return _json(await _run(request, lambda c, db, s: queries.branch_rows(db)))
 
 
 async def branch_log(request: web.Request) -> web.Response:
+    """A branch's promotes and rollbacks, newest first."""
     name = request.match_info["name"]
 
     def history(config, db, store) -> list[dict]:
@@ -174,6 +180,7 @@ async def branch_log(request: web.Request) -> web.Response:
 
 
 async def difference(request: web.Request) -> web.Response:
+    """Package-level differences: ?a=...&b=... (manifests, branches or recordings)."""
     a, b = request.query.get("a"), request.query.get("b")
     if not a or not b:
         raise BadRequest("diff needs ?a=...&b=...", "name two manifests, branches or recordings")
@@ -187,8 +194,7 @@ async def difference(request: web.Request) -> web.Response:
 
 
 async def freeze_recordings(request: web.Request) -> web.Response:
-    """{"recordings": [...], "label": ..., "promote": BRANCH, "allow_unverified": false,
-    "strict": false}"""
+    """Freeze recordings: {"recordings": [...], "label", "promote", "allow_unverified", ...}."""
     check_may_change(request)
     body = await _body(request)
     names = body.get("recordings")
@@ -221,7 +227,7 @@ async def freeze_recordings(request: web.Request) -> web.Response:
 
 
 async def promote_branch(request: web.Request) -> web.Response:
-    """{"manifest": ID, "note": ...}"""
+    """Point a branch at a manifest: {"manifest": ID, "note": ...}."""
     check_may_change(request)
     body = await _body(request)
     name = request.match_info["name"]
@@ -233,7 +239,7 @@ async def promote_branch(request: web.Request) -> web.Response:
 
 
 async def rollback_branch(request: web.Request) -> web.Response:
-    """{"to": ID or null, "note": ...}"""
+    """Roll a branch back: {"to": ID or null, "note": ...}."""
     check_may_change(request)
     body = await _body(request)
     name = request.match_info["name"]

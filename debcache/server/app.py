@@ -6,15 +6,18 @@ import asyncio
 import logging
 import signal
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from .. import db as queries
 from ..cache import LiveCache
 from ..config import Config
 from ..db import Database
-from ..errors import DebcacheError, MethodNotAllowed
+from ..errors import ConfigError, DebcacheError, MethodNotAllowed
 from ..inflight import Downloads
 from ..metrics import Metrics
 from ..pinned import PinnedFiles
@@ -34,19 +37,28 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create_app(config: Config) -> web.Application:
     """The debcache web application for `config`; services start with the app."""
-    app = web.Application(middlewares=[error_middleware, forward_proxy_middleware])
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware, forward_proxy_middleware]
+    )
     app[CONFIG] = config
     app.cleanup_ctx.append(services)
-    app.router.add_get("/_/health", admin.health)
+    app.router.add_get("/", admin.front_page)
     app.router.add_get("/_/", admin.status_page)
-    app.router.add_get("/_/api/status", admin.status_api)
+    app.router.add_get("/_/health", admin.health)
     app.router.add_get("/_/metrics", admin.metrics)
+    app.router.add_get("/_/api/", admin.api_index)
+    app.router.add_get("/_/api/status", admin.status_api)
     app.router.add_routes(api.routes())
     app.router.add_get("/_/key.gpg", admin.public_key)
     app.router.add_get("/_/key.asc", admin.public_key)
-    app.router.add_get("/pin/{tail:.+}", serve_pinned)
-    app.router.add_get("/manifest/{tail:.+}", serve_manifest)
-    app.router.add_get("/{tail:.+}", serve_live)
+    # /_/ is debcache's own namespace, never an upstream's: after its real pages, any
+    # other path there is a 404 that lists them. [\s\S], not ".": a %0A in a path
+    # must reach the handlers, which answer it, not fall through the router.
+    app.router.add_route("*", "/_", admin.unknown_page)
+    app.router.add_route("*", r"/_/{tail:[\s\S]*}", admin.unknown_page)
+    app.router.add_get(r"/pin/{tail:[\s\S]+}", serve_pinned)
+    app.router.add_get(r"/manifest/{tail:[\s\S]+}", serve_manifest)
+    app.router.add_get(r"/{tail:[\s\S]+}", serve_live)
     return app
 
 
@@ -77,6 +89,20 @@ async def services(app: web.Application) -> AsyncIterator[None]:
 
 
 @web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every request with the status it got: errors, 404s and 405s of the router,
+    and refusals raised before any handler included."""
+    metrics = request.app[METRICS]
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        metrics.count_request("none", exc.status)
+        raise
+    metrics.count_request(response.headers.get(SOURCE_HEADER, "none"), response.status)
+    return response
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """DebcacheError → its status and one plain-text line; anything else → logged 500."""
     try:
@@ -84,7 +110,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException:
         raise
     except DebcacheError as exc:
-        return web.Response(status=exc.status, text=f"{exc}\n")
+        # A 405 must name what is allowed (RFC 9110 15.5.6); debcache proxies GET and HEAD.
+        headers = {"Allow": "GET, HEAD"} if exc.status == 405 else None
+        return web.Response(status=exc.status, text=f"{exc}\n", headers=headers)
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.raw_path)
         return web.Response(
@@ -113,7 +141,12 @@ async def forward_proxy_middleware(request: web.Request, handler: Handler) -> we
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request: client, request, status, bytes, cache source, seconds."""
+    """One line per request: client, request, status, bytes sent, cache source, seconds.
+
+    Bytes sent are everything written to the connection for this response (status
+    line, headers and body), sendfile'd bodies included; for a client that hung up
+    halfway, what was written before the connection broke.
+    """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
@@ -122,10 +155,38 @@ class AccessLogger(AbstractAccessLogger):
             request.method,
             request.raw_path,
             response.status,
-            response.body_length,
+            request.writer.output_size,
             response.headers.get(SOURCE_HEADER, "-"),
             time,
         )
+
+
+def check_something_to_serve(config: Config) -> None:
+    """Refuse to start with no upstream and no manifest: every request would be a 404.
+
+    A site with imported manifests and no upstream is valid: it serves its pins.
+    """
+    if config.upstreams or _has_manifests(config.data_dir / "debcache.db"):
+        return
+    where = f"in {config.source}" if config.source else "configured"
+    raise ConfigError(
+        f"nothing to serve: no upstream {where} or found in /etc/apt/sources.list "
+        f"(and sources.list.d), and no manifest in {config.data_dir}",
+        "add an [upstreams.NAME] table with urls to a configuration file passed with "
+        "--config, or check the deb lines in /etc/apt/sources.list",
+    )
+
+
+def _has_manifests(path: Path) -> bool:
+    if not path.exists():
+        return False
+    database = queries.connect(path)
+    try:
+        return queries.has_manifests(database)
+    except sqlite3.OperationalError:  # a database from before any manifest table
+        return False
+    finally:
+        database.conn.close()
 
 
 def bind_sockets(config: Config) -> list[socket.socket]:

@@ -77,10 +77,7 @@ async def send_blob(
         try:
             await response.prepare(request)
             if request.method != "HEAD" and count > INLINE_LIMIT:
-                if request.transport is None:
-                    raise ConnectionResetError("the client went away")
-                loop = asyncio.get_running_loop()
-                await loop.sendfile(request.transport, blob_file, start, count)
+                await _sendfile(request, blob_file, start, count)
             await response.write_eof()
         except ConnectionError:
             return response  # the client hung up; logged as incomplete
@@ -92,6 +89,22 @@ async def send_blob(
             return response
     record.status, record.complete = status, True
     return response
+
+
+async def _sendfile(request: web.Request, blob_file: BinaryIO, start: int, count: int) -> None:
+    """sendfile `count` bytes from `start`, counted as output like the writer's own writes.
+
+    aiohttp's writer never sees them, so without this the access log would show the
+    headers' bytes only; asyncio leaves the file position after the last byte sent,
+    even when the client hangs up halfway.
+    """
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("the client went away")
+    try:
+        await asyncio.get_running_loop().sendfile(transport, blob_file, start, count)
+    finally:
+        request.writer.output_size += max(0, blob_file.tell() - start)
 
 
 def _blob_response(
