@@ -657,7 +657,7 @@ def resolve_manifest_id(db: sqlite_utils.Database, text: str) -> str:
         raise NotFound(f"no manifest id starts with {text}", "list them with `debcache manifests`")
     if len(ids) > 1:
         raise NotFound(
-            f"{text} is ambiguous: {', '.join(i[:SHORT_ID] for i in ids)}",
+            f"manifest id prefix {text} is ambiguous: {', '.join(i[:SHORT_ID] for i in ids)}",
             "give more digits",
         )
     return ids[0]
@@ -769,13 +769,33 @@ def import_manifest(
             _fetch_blobs(config, store, manifest.id, list(missing.values()), source_url, progress)
         )
         if failures:
-            listing = "\n".join(f"  {e.upstream}/{e.path}: {why}" for e, why in failures)
-            raise ImportFailed(
-                f"{len(failures)} file(s) of manifest {manifest.short_id} could not be fetched:"
-                f"\n{listing}\n",
-                "nothing was imported; retry, or import --from a debcache that has them",
-            )
+            raise import_failure(manifest, len(missing), failures, source_url)
     return save_manifest(db, manifest)
+
+
+def import_failure(
+    manifest: Manifest, wanted: int, failures: list[tuple[Entry, str]], source_url: str | None
+) -> ImportFailed:
+    """One line: how many failed, the first reason (its URL names the file), the remedy."""
+    entry, why = failures[0]
+    first = (
+        why if why.startswith(("http://", "https://")) else f"{entry.upstream}/{entry.path}: {why}"
+    )
+    if source_url:
+        remedy = (
+            f"nothing was imported; check that {source_url} is a debcache that serves the "
+            "manifest, or import without --from to fetch from the upstreams"
+        )
+    else:
+        remedy = (
+            "nothing was imported; check that the upstreams are reachable and still have "
+            "these files, or import --from a debcache that has them"
+        )
+    return ImportFailed(
+        f"{len(failures)} of {wanted} files of manifest {manifest.short_id} could not be "
+        f"fetched; the first, {first}",
+        remedy,
+    )
 
 
 async def _fetch_blobs(
