@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -59,9 +60,21 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except BrokenPipeError:
             raise  # the reader went away: DebcacheGroup ends quietly, as Unix tools do
         except OSError as exc:
-            raise UserError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+            raise UserError(str(file_error(exc))) from None
 
     return wrapper
+
+
+def file_error(exc: OSError) -> ConfigError:
+    """An OSError as `FILE: reason. Remedy.`, the remedy chosen by its errno."""
+    cause = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror or exc)
+    remedies = {
+        errno.EACCES: ACCESS_REMEDY,
+        errno.EPERM: ACCESS_REMEDY,
+        errno.EROFS: "pass a --data-dir on a writable file system",
+        errno.ENOSPC: "free space there, e.g. with debcache gc --max-size SIZE",
+    }
+    return ConfigError(cause, remedies.get(exc.errno or 0, ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,10 +268,15 @@ def open_state(config: Config) -> tuple[sqlite_utils.Database, FileStore]:
             f"data dir {config.data_dir} ({data_dir_origin(config)}) holds no debcache database",
             DATA_DIR_REMEDY,
         )
-    db.create_schema(config.data_dir / "debcache.db")
-    return db.connect(config.data_dir / "debcache.db"), FileStore(config.data_dir)
+    path = config.data_dir / "debcache.db"
+    try:
+        db.create_schema(path)
+        return db.connect(path), FileStore(config.data_dir)
+    except sqlite3.Error as exc:  # most often: another user's data dir
+        raise ConfigError(f"{path}: {exc}", ACCESS_REMEDY) from None
 
 
+ACCESS_REMEDY = "run debcache as the user `debcache serve` runs as, who owns the data dir"
 DATA_DIR_REMEDY = (
     "pass the data dir `debcache serve` uses with debcache --data-dir DIR "
     "(or $DEBCACHE_DATA_DIR), or start `debcache serve` to create it"

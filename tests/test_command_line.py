@@ -257,6 +257,28 @@ def test_an_import_from_an_unreachable_site_fails_in_one_line(tmp_path: Path) ->
     assert result.output.count("\n") == 1 and result.output.count(site) == 2
 
 
+def test_a_database_this_user_cannot_open_is_one_line(tmp_path: Path) -> None:
+    config = recorded_data_dir(tmp_path / "data", "run-1", files=1)
+    database = tmp_path / "data" / "debcache.db"
+    database.chmod(0)
+    # Root without CAP_DAC_OVERRIDE is refused as the user of someone else's data dir is.
+    unprivileged = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    wrapper = unprivileged if os.geteuid() == 0 else []
+    result = subprocess.run(
+        [*wrapper, sys.executable, "-m", "debcache", "--config", str(config), "recordings"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment(),
+    )
+    database.chmod(0o644)
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"Error: {database}: unable to open database file. "
+        "Run debcache as the user `debcache serve` runs as, who owns the data dir.\n",
+    )
+
+
 # --- names keep their case --------------------------------------------------------
 
 
