@@ -96,6 +96,17 @@ class DebcacheGroup(click.Group):
         except BrokenPipeError:
             # click would catch it and exit 1; `debcache ... | head` is no failure of ours.
             exit_for_closed_pipe()
+        except click.NoSuchOption as exc:
+            if exc.option_name in GROUP_OPTIONS:  # `debcache recordings --data-dir D`
+                option = f"{exc.option_name} {GROUP_OPTIONS[exc.option_name]}"
+                exc.message = (
+                    f"{exc.option_name} goes before the command, as it applies to every "
+                    f"command: debcache {option} {' '.join(exc.ctx.command_path.split()[1:])} ..."
+                )
+            raise
+
+
+GROUP_OPTIONS = {"--config": "FILE", "--data-dir": "DIR"}
 
 
 @click.group(cls=DebcacheGroup)
@@ -110,6 +121,7 @@ class DebcacheGroup(click.Group):
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
     envvar="DEBCACHE_DATA_DIR",
     help="Where blobs and the database live (default: $DEBCACHE_DATA_DIR, [server] data_dir, "
     "/var/lib/debcache as root, $XDG_DATA_HOME/debcache otherwise).",
@@ -118,7 +130,9 @@ class DebcacheGroup(click.Group):
 def cli(context: click.Context, config_path: Path | None, data_dir: Path | None) -> None:
     """debcache: a caching proxy for Debian archives that records, freezes and pins installs.
 
-    --config and --data-dir apply to every command: debcache --data-dir DIR recordings
+    \b
+    --config and --data-dir go before the command and apply to every one:
+        debcache --data-dir /srv/debcache recordings
     """
     context.obj = GroupOptions(
         config_path,
@@ -160,6 +174,7 @@ def pass_config(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
     help="The same as debcache --data-dir DIR serve (kept for compatibility).",
 )
 @pass_config

@@ -192,6 +192,19 @@ def test_a_missing_data_dir_is_named_with_where_it_came_from(tmp_path: Path) -> 
     )
 
 
+def test_the_group_options_after_the_command_say_where_they_go() -> None:
+    result = CliRunner().invoke(
+        cli, ["recordings", "show", "run-1", "--data-dir", "/srv/d"], prog_name="debcache"
+    )
+    assert (result.exit_code, result.output) == (
+        2,
+        "Usage: debcache recordings show [OPTIONS] NAME\n"
+        "Try 'debcache recordings show --help' for help.\n\n"
+        "Error: --data-dir goes before the command, as it applies to every command: "
+        "debcache --data-dir DIR recordings show ...\n",
+    )
+
+
 # --- one line, or none --------------------------------------------------------------
 
 
