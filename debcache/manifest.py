@@ -769,33 +769,13 @@ def import_manifest(
             _fetch_blobs(config, store, manifest.id, list(missing.values()), source_url, progress)
         )
         if failures:
-            raise import_failure(manifest, len(missing), failures, source_url)
+            raise import_failure(
+                manifest,
+                len(missing),
+                failures,
+                source_url,
+            )
     return save_manifest(db, manifest)
-
-
-def import_failure(
-    manifest: Manifest, wanted: int, failures: list[tuple[Entry, str]], source_url: str | None
-) -> ImportFailed:
-    """One line: how many failed, the first reason (its URL names the file), the remedy."""
-    entry, why = failures[0]
-    first = (
-        why if why.startswith(("http://", "https://")) else f"{entry.upstream}/{entry.path}: {why}"
-    )
-    if source_url:
-        remedy = (
-            f"nothing was imported; check that {source_url} is a debcache that serves the "
-            "manifest, or import without --from to fetch from the upstreams"
-        )
-    else:
-        remedy = (
-            "nothing was imported; check that the upstreams are reachable and still have "
-            "these files, or import --from a debcache that has them"
-        )
-    return ImportFailed(
-        f"{len(failures)} of {wanted} files of manifest {manifest.short_id} could not be "
-        f"fetched; the first, {first}",
-        remedy,
-    )
 
 
 async def _fetch_blobs(
@@ -834,3 +814,28 @@ def _blob_urls(config: Config, manifest_id: str, entry: Entry, source_url: str |
         return [upstream_url(base, entry.path)]
     upstream = config.upstreams.get(entry.upstream)
     return [upstream_url(base, entry.path) for base in upstream.urls] if upstream else []
+
+
+def import_failure(
+    manifest: Manifest, wanted: int, failures: list[tuple[Entry, str]], source_url: str | None
+) -> ImportFailed:
+    """One line: how many failed, the first reason (its URL names the file), the remedy."""
+    entry, why = failures[0]
+    first = (
+        why if why.startswith(("http://", "https://")) else f"{entry.upstream}/{entry.path}: {why}"
+    )
+    if source_url:
+        remedy = (
+            f"nothing was imported; check that {source_url} is a debcache that serves the "
+            "manifest, or import without --from to fetch from the upstreams"
+        )
+    else:
+        remedy = (
+            "nothing was imported; check that the upstreams are reachable and still have "
+            "these files, or import --from a debcache that has them"
+        )
+    return ImportFailed(
+        f"{len(failures)} of {wanted} files of manifest {manifest.short_id} could not be "
+        f"fetched; the first, {first}",
+        remedy,
+    )
