@@ -196,8 +196,8 @@ def serve(config: Config, listen: tuple[str, ...], data_dir: Path | None) -> Non
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    sockets = []
     try:
+        sockets = []  # one address at a time, so that a failure names its address
         for address in config.listen:
             sockets += bind_sockets(dataclasses.replace(config, listen=(address,)))
     except OSError as exc:
