@@ -97,11 +97,12 @@ class DebcacheGroup(click.Group):
             # click would catch it and exit 1; `debcache ... | head` is no failure of ours.
             exit_for_closed_pipe()
         except click.NoSuchOption as exc:
-            if exc.option_name in GROUP_OPTIONS:  # `debcache recordings --data-dir D`
+            if exc.option_name in GROUP_OPTIONS and exc.ctx:  # `debcache recordings --data-dir D`
                 option = f"{exc.option_name} {GROUP_OPTIONS[exc.option_name]}"
+                command = " ".join(exc.ctx.command_path.split()[1:])
                 exc.message = (
                     f"{exc.option_name} goes before the command, as it applies to every "
-                    f"command: debcache {option} {' '.join(exc.ctx.command_path.split()[1:])} ..."
+                    f"command: debcache {option} {command} ..."
                 )
             raise
 
