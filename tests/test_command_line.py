@@ -38,9 +38,15 @@ HELLO = "pool/main/h/hello/hello_2.10-3_amd64.deb"
 
 
 def environment(**variables: str) -> dict[str, str]:
-    """This process's environment without debcache's own variables, plus `variables`."""
+    """For a subprocess: this environment without debcache's own variables, plus these."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DEBCACHE_")}
     return {**clean, **variables}
+
+
+def cli_env(**variables: str) -> dict[str, str | None]:
+    """For CliRunner (which only adds to the environment): debcache's variables unset,
+    then these."""
+    return {"DEBCACHE_CONFIG": None, "DEBCACHE_DATA_DIR": None, **variables}
 
 
 def write_config(path: Path, mirror_url: str, keyring: Path, port: int = 0) -> Path:
@@ -111,20 +117,20 @@ def test_every_command_reads_the_data_dir_serve_was_given(
         wait_until(recorded, "debcache serve to record InRelease")
         listed = ["--config", str(config), "--data-dir", str(data), "recordings", "--json"]
         wait_until(
-            lambda: "run-1" in CliRunner().invoke(cli, listed, env=environment()).output,
+            lambda: "run-1" in CliRunner().invoke(cli, listed, env=cli_env()).output,
             "the recording to be listed",
         )
         by_variable = CliRunner().invoke(
             cli,
             ["--config", str(config), "recordings", "show", "run-1"],
-            env=environment(DEBCACHE_DATA_DIR=str(data)),
+            env=cli_env(DEBCACHE_DATA_DIR=str(data)),
         )
         assert by_variable.exit_code == 0, by_variable.output
         assert "dists/bookworm/InRelease" in by_variable.output
         frozen = CliRunner().invoke(
             cli,
             ["--config", str(config), "--data-dir", str(data), "freeze", "run-1", "--json"],
-            env=environment(),
+            env=cli_env(),
         )
         assert frozen.exit_code == 0, frozen.output
         assert json.loads(frozen.output)["files"] == 1
@@ -153,7 +159,7 @@ def test_serve_takes_the_data_dir_before_the_command_too(tmp_path: Path) -> None
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=30)
     result = CliRunner().invoke(
-        cli, ["--config", str(config), "--data-dir", str(data), "recordings"], env=environment()
+        cli, ["--config", str(config), "--data-dir", str(data), "recordings"], env=cli_env()
     )
     assert (result.exit_code, result.output) == (
         0,
@@ -173,7 +179,7 @@ def test_a_missing_data_dir_is_named_with_where_it_came_from(tmp_path: Path) -> 
     ]:
         for command in (["recordings"], ["freeze", "run-1"], ["manifests"], ["key", "export"]):
             result = CliRunner().invoke(
-                cli, [*args, *command], env=environment(**variables), catch_exceptions=False
+                cli, [*args, *command], env=cli_env(**variables), catch_exceptions=False
             )
             assert (result.exit_code, result.output) == (
                 1,
@@ -181,12 +187,12 @@ def test_a_missing_data_dir_is_named_with_where_it_came_from(tmp_path: Path) -> 
             ), command
     config = tmp_path / "debcache.toml"
     config.write_text(f'[server]\ndata_dir = "{absent}"\n')
-    result = CliRunner().invoke(cli, ["--config", str(config), "branches"], env=environment())
+    result = CliRunner().invoke(cli, ["--config", str(config), "branches"], env=cli_env())
     assert result.output == f"Error: Data dir {absent} (from {config}) does not exist. {remedy}"
     assert not absent.exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = CliRunner().invoke(cli, ["--data-dir", str(empty), "status"], env=environment())
+    result = CliRunner().invoke(cli, ["--data-dir", str(empty), "status"], env=cli_env())
     assert result.output == (
         f"Error: Data dir {empty} (from --data-dir) holds no debcache database. {remedy}"
     )
@@ -255,7 +261,7 @@ def test_an_import_from_an_unreachable_site_fails_in_one_line(tmp_path: Path) ->
     result = CliRunner().invoke(
         cli,
         ["--config", str(config), "manifests", "import", str(lockfile), "--from", site],
-        env=environment(),
+        env=cli_env(),
     )
     first = f"{site}/manifest/{manifest}/debian/{entries[0].path}"
     assert result.exit_code == 1
@@ -327,7 +333,7 @@ def test_a_message_starting_with_a_name_keeps_its_case(cause: str, remedy: str, 
 def test_a_relative_config_file_name_keeps_its_case(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     Path("bad.toml").write_text('[branches.b]\nfill = "sometimes"\n')
-    result = CliRunner().invoke(cli, ["--config", "bad.toml", "branches"], env=environment())
+    result = CliRunner().invoke(cli, ["--config", "bad.toml", "branches"], env=cli_env())
     assert (result.exit_code, result.output) == (
         1,
         "Error: bad.toml: branches.b.fill: 'sometimes' is not a fill mode. "
@@ -417,14 +423,12 @@ def test_a_privileged_port_says_it_needs_root(tmp_path: Path) -> None:
 
 def test_a_missing_config_file_names_what_named_it(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
-    by_option = CliRunner().invoke(cli, ["--config", str(missing), "branches"], env=environment())
+    by_option = CliRunner().invoke(cli, ["--config", str(missing), "branches"], env=cli_env())
     assert by_option.output == (
         f"Error: {missing}: no such configuration file (named by --config). "
         "Pass an existing file to --config, or none to use the built-in defaults.\n"
     )
-    by_variable = CliRunner().invoke(
-        cli, ["branches"], env=environment(DEBCACHE_CONFIG=str(missing))
-    )
+    by_variable = CliRunner().invoke(cli, ["branches"], env=cli_env(DEBCACHE_CONFIG=str(missing)))
     assert (by_variable.exit_code, by_variable.output) == (
         1,
         f"Error: {missing}: no such configuration file (named by $DEBCACHE_CONFIG). "
@@ -455,7 +459,7 @@ def test_a_missing_config_file_names_what_named_it(tmp_path: Path) -> None:
 def test_a_bad_upstream_url_is_quoted_as_written(tmp_path: Path, url: str, message: str) -> None:
     config = tmp_path / "debcache.toml"
     config.write_text(f'[upstreams.debian]\nurls = ["{url}"]\n')
-    result = CliRunner().invoke(cli, ["--config", str(config), "serve"], env=environment())
+    result = CliRunner().invoke(cli, ["--config", str(config), "serve"], env=cli_env())
     assert (result.exit_code, result.output) == (
         1,
         f"Error: {config}: upstreams.debian.urls: {message}\n",
