@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import logging
+import os
 import re
+import signal
+import socket
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import sqlite_utils
+from click import ParameterSource
 
 from . import db
 from .branches import Change, check_branch_name, current_manifest_id, promote, rollback
-from .config import Config, load_config, parse_listen_address
+from .config import Config, default_data_dir, load_config, parse_listen_address
 from .diff import diff, load_side
 from .errors import BadRequest, ConfigError, DebcacheError
 from .lifecycle import collect_garbage, verify_store
@@ -52,13 +58,60 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except DebcacheError as exc:
             raise UserError(str(exc)) from None
+        except BrokenPipeError:
+            raise  # the reader went away: DebcacheGroup ends quietly, as Unix tools do
         except OSError as exc:
-            raise UserError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+            raise UserError(str(file_error(exc))) from None
 
     return wrapper
 
 
-@click.group()
+def file_error(exc: OSError) -> ConfigError:
+    """An OSError as `FILE: reason. Remedy.`, the remedy chosen by its errno."""
+    cause = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror or exc)
+    remedies = {
+        errno.EACCES: ACCESS_REMEDY,
+        errno.EPERM: ACCESS_REMEDY,
+        errno.EROFS: "pass a --data-dir on a writable file system",
+        errno.ENOSPC: "free space there, e.g. with debcache gc --max-size SIZE",
+    }
+    return ConfigError(cause, remedies.get(exc.errno or 0, ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupOptions:
+    """What `debcache --config FILE --data-dir DIR` said, and where each value came from."""
+
+    config_path: Path | None
+    config_named_by: str  # "--config" or "$DEBCACHE_CONFIG"
+    data_dir: Path | None
+    data_dir_named_by: str  # "--data-dir" or "$DEBCACHE_DATA_DIR"
+
+
+class DebcacheGroup(click.Group):
+    """The `debcache` group: a command whose reader went away ends as Unix tools do."""
+
+    def invoke(self, context: click.Context) -> Any:
+        try:
+            return super().invoke(context)
+        except BrokenPipeError:
+            # click would catch it and exit 1; `debcache ... | head` is no failure of ours.
+            exit_for_closed_pipe()
+        except click.NoSuchOption as exc:
+            if exc.option_name in GROUP_OPTIONS and exc.ctx:  # `debcache recordings --data-dir D`
+                option = f"{exc.option_name} {GROUP_OPTIONS[exc.option_name]}"
+                command = " ".join(exc.ctx.command_path.split()[1:])
+                exc.message = (
+                    f"{exc.option_name} goes before the command, as it applies to every "
+                    f"command: debcache {option} {command} ..."
+                )
+            raise
+
+
+GROUP_OPTIONS = {"--config": "FILE", "--data-dir": "DIR"}
+
+
+@click.group(cls=DebcacheGroup)
 @click.option(
     "--config",
     "config_path",
@@ -67,10 +120,34 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     help="TOML configuration (default: $DEBCACHE_CONFIG, /etc/debcache/debcache.toml, "
     "or built-in defaults from the host's apt sources).",
 )
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    envvar="DEBCACHE_DATA_DIR",
+    help="Where blobs and the database live (default: $DEBCACHE_DATA_DIR, [server] data_dir, "
+    "/var/lib/debcache as root, $XDG_DATA_HOME/debcache otherwise).",
+)
 @click.pass_context
-def cli(context: click.Context, config_path: Path | None) -> None:
-    """debcache: a caching proxy for Debian archives that records, freezes and pins installs."""
-    context.obj = config_path
+def cli(context: click.Context, config_path: Path | None, data_dir: Path | None) -> None:
+    """debcache: a caching proxy for Debian archives that records, freezes and pins installs.
+
+    \b
+    --config and --data-dir go before the command and apply to every one:
+        debcache --data-dir /srv/debcache recordings
+    """
+    context.obj = GroupOptions(
+        config_path,
+        named_by(context, "config_path", "--config", "$DEBCACHE_CONFIG"),
+        data_dir,
+        named_by(context, "data_dir", "--data-dir", "$DEBCACHE_DATA_DIR"),
+    )
+
+
+def named_by(context: click.Context, parameter: str, option: str, variable: str) -> str:
+    """Which of the option or its environment variable gave `parameter` its value."""
+    from_environment = context.get_parameter_source(parameter) == ParameterSource.ENVIRONMENT
+    return variable if from_environment else option
 
 
 def pass_config(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -80,7 +157,11 @@ def pass_config(command: Callable[..., Any]) -> Callable[..., Any]:
     @reports_errors
     @functools.wraps(command)
     def wrapper(context: click.Context, *args: Any, **kwargs: Any) -> Any:
-        return command(load_config(context.obj), *args, **kwargs)
+        options = context.find_object(GroupOptions)
+        config = load_config(options.config_path, named_by=options.config_named_by)
+        if options.data_dir:
+            config = dataclasses.replace(config, data_dir=options.data_dir)
+        return command(config, *args, **kwargs)
 
     return wrapper
 
@@ -95,7 +176,8 @@ def pass_config(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where blobs and the database live, instead of [server] data_dir.",
+    metavar="DIR",
+    help="The same as debcache --data-dir DIR serve (kept for compatibility).",
 )
 @pass_config
 def serve(config: Config, listen: tuple[str, ...], data_dir: Path | None) -> None:
@@ -118,14 +200,46 @@ def serve(config: Config, listen: tuple[str, ...], data_dir: Path | None) -> Non
     )
     check_something_to_serve(config)
     try:
-        sockets = bind_sockets(config)
+        sockets = []  # one address at a time, so that a failure names its address
+        for address in config.listen:
+            sockets += bind_sockets(dataclasses.replace(config, listen=(address,)))
     except OSError as exc:
-        raise ConfigError(
-            f"cannot listen on {', '.join(f'{h}:{p}' for h, p in config.listen)}: {exc.strerror}",
-            "stop whatever uses the port, or pass --listen HOST:PORT",
-        ) from None
+        for sock in sockets:
+            sock.close()
+        raise listen_error(*address, exc) from None
     _print_start(config)
     serve_forever(config, sockets)
+
+
+def listen_error(host: str, port: int, exc: OSError) -> ConfigError:
+    """Why debcache can't listen on host:port, with the remedy for that reason."""
+    cause = f"cannot listen on {host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return ConfigError(
+            f"{cause}: {host} is not an IP address or a name this host resolves ({exc.strerror})",
+            "pass --listen with an IP address of this host, e.g. 0.0.0.0:3142",
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"{cause}: another process listens on that port",
+            f"stop it, or pass --listen {host}:PORT with a free port",
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(
+            f"{cause}: {host} is not an address of this host",
+            f"pass --listen with one of its addresses, or 0.0.0.0:{port} for all of them",
+        )
+    if exc.errno == errno.EACCES:
+        return ConfigError(
+            f"{cause}: ports below 1024 need root or CAP_NET_BIND_SERVICE",
+            f"pass --listen {host}:3142 (or another port above 1023), or run as root",
+        )
+    if exc.errno == errno.EAFNOSUPPORT:
+        return ConfigError(
+            f"{cause}: this host has no {'IPv6' if ':' in host else 'IPv4'}",
+            "pass --listen with an address of a protocol it has, e.g. 0.0.0.0:3142",
+        )
+    return ConfigError(f"{cause}: {exc.strerror or exc}", "pass --listen with another HOST:PORT")
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -166,13 +280,45 @@ def print_json(document: object) -> None:
 
 def open_state(config: Config) -> tuple[sqlite_utils.Database, FileStore]:
     """The database and the store of `config.data_dir`, for a command-line operation."""
+    check_data_dir(config)
     if not (config.data_dir / "debcache.db").exists():
         raise ConfigError(
-            f"no debcache data in {config.data_dir}",
-            "run `debcache serve` and record an install first, or pass --config",
+            f"data dir {config.data_dir} ({data_dir_origin(config)}) holds no debcache database",
+            DATA_DIR_REMEDY,
         )
-    db.create_schema(config.data_dir / "debcache.db")
-    return db.connect(config.data_dir / "debcache.db"), FileStore(config.data_dir)
+    path = config.data_dir / "debcache.db"
+    try:
+        db.create_schema(path)
+        return db.connect(path), FileStore(config.data_dir)
+    except sqlite3.Error as exc:  # most often: another user's data dir
+        raise ConfigError(f"{path}: {exc}", ACCESS_REMEDY) from None
+
+
+ACCESS_REMEDY = "run debcache as the user `debcache serve` runs as, who owns the data dir"
+DATA_DIR_REMEDY = (
+    "pass the data dir `debcache serve` uses with debcache --data-dir DIR "
+    "(or $DEBCACHE_DATA_DIR), or start `debcache serve` to create it"
+)
+
+
+def check_data_dir(config: Config) -> None:
+    """A data command reads an existing data dir: a missing one is a mistake, not empty."""
+    if not config.data_dir.is_dir():
+        raise ConfigError(
+            f"data dir {config.data_dir} ({data_dir_origin(config)}) does not exist",
+            DATA_DIR_REMEDY,
+        )
+
+
+def data_dir_origin(config: Config) -> str:
+    """Where the data dir came from, in the words of the message: `from --data-dir`."""
+    context = click.get_current_context(silent=True)
+    options = context.find_object(GroupOptions) if context else None
+    if options and options.data_dir == config.data_dir:
+        return f"from {options.data_dir_named_by}"
+    if config.source and config.data_dir != default_data_dir():
+        return f"from {config.source}"
+    return "the default"
 
 
 @contextlib.contextmanager
@@ -686,7 +832,8 @@ def key_export(config: Config, armor: bool) -> None:
     Example (apt's signed-by, or a d-i initrd's keyring):
         debcache key export > /usr/share/keyrings/debcache-archive-keyring.gpg
     """
-    click.get_binary_stream("stdout").write(export_public_key(config.data_dir, armor))
+    check_data_dir(config)
+    sys.stdout.buffer.write(export_public_key(config.data_dir, armor))
 
 
 # --- diff -----------------------------------------------------------------------------
@@ -720,4 +867,29 @@ def diff_command(config: Config, a: str, b: str, as_json: bool, exit_code: bool)
 
 
 def main() -> None:
-    cli(prog_name="debcache")
+    """The console script; its output is flushed here, so that a reader that left is seen."""
+    try:
+        cli.main(prog_name="debcache")
+    except SystemExit:
+        flush_stdout()
+        raise
+
+
+def flush_stdout() -> None:
+    """Flush here, not at interpreter exit, where a closed pipe is reported as an error."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        exit_for_closed_pipe()
+
+
+def exit_for_closed_pipe() -> NoReturn:
+    """`debcache ... | head` closed our stdout: stop quietly with 128 + SIGPIPE, as a Unix
+    tool killed by SIGPIPE does (what the shell shows for `yes | head -1`).
+
+    Later writes, including the interpreter's flush at exit, go to /dev/null (see the
+    Python signal module's note on SIGPIPE).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(128 + signal.SIGPIPE)

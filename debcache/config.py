@@ -80,8 +80,19 @@ class Config:
     source: Path | None = None  # the file it came from; None for built-in defaults
 
 
-def load_config(path: Path | str | None = None, *, apt_dir: Path = Path("/etc/apt")) -> Config:
-    """Load and validate the configuration, or derive one from the host's apt sources."""
+def load_config(
+    path: Path | str | None = None,
+    *,
+    apt_dir: Path = Path("/etc/apt"),
+    named_by: str = "--config",
+) -> Config:
+    """Load and validate the configuration, or derive one from the host's apt sources.
+
+    `named_by` says where `path` came from ("--config" or "$DEBCACHE_CONFIG"), for the
+    remedy when it does not exist.
+    """
+    if not path and os.environ.get("DEBCACHE_CONFIG"):
+        named_by = "$DEBCACHE_CONFIG"
     path = _config_path(path)
     if path is None:
         return Config(
@@ -94,12 +105,22 @@ def load_config(path: Path | str | None = None, *, apt_dir: Path = Path("/etc/ap
             document = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: no such configuration file",
-            "pass an existing file to --config, or none to use the built-in defaults",
+            f"{path}: no such configuration file (named by {named_by})", _remedy_for(named_by)
         ) from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: cannot read it: {exc}", "fix the file's TOML syntax") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read it: {exc.strerror}",
+            f"make it a file this user can read, or name another with {named_by}",
+        ) from None
     return parse_config(document, path, apt_dir=apt_dir)
+
+
+def _remedy_for(named_by: str) -> str:
+    if named_by.startswith("$"):
+        return f"point {named_by} at an existing file, or unset it to use the built-in defaults"
+    return f"pass an existing file to {named_by}, or none to use the built-in defaults"
 
 
 def _config_path(path: Path | str | None) -> Path | None:
@@ -211,15 +232,16 @@ def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
         raise section.error(
             "", "not a valid upstream name", "use letters, digits, '.', '_', '+' and '-' only"
         )
-    urls = tuple(u.rstrip("/") for u in section.strings("urls", []))
-    if not urls:
+    written = section.strings("urls", [])
+    if not written:
         raise section.error(
             "urls", "missing", 'list at least one, e.g. ["http://mirror.example.org/debian"]'
         )
-    for url in urls:
+    for url in written:  # checked as written, so that the message quotes what the user wrote
         reason = url_problem(url)
         if reason:
-            raise section.error("urls", f"{url!r} {reason}", "use an http:// or https:// URL")
+            raise section.error("urls", f"{url!r} {reason}", URL_REMEDIES[reason])
+    urls = tuple(u.rstrip("/") for u in written)
     keyring = section.get("keyring", str, str(DEBIAN_ARCHIVE_KEYRING))
     if not Path(keyring).is_file():
         raise section.error(
@@ -269,15 +291,31 @@ def parse_duration(section: _Section, text: str) -> float:
     return float(match.group(1)) * scale
 
 
+NOT_HTTP = "is not an http:// or https:// URL"
+NO_HOST = "has no host"
+BAD_HOST = "has an invalid host or port"
+QUERY = "must not have a query or fragment"
+URL_REMEDIES = {
+    NOT_HTTP: "use an http:// or https:// URL",
+    NO_HOST: 'write the mirror\'s host and path, e.g. "http://mirror.example.org/debian"',
+    BAD_HOST: 'write HOST or HOST:PORT after http://, e.g. "http://mirror.example.org:8080/debian"',
+    QUERY: "remove what follows ? or #",
+}
+
+
 def url_problem(url: str) -> str | None:
-    """Why `url` can't be an upstream base URL, or None."""
-    parts = urlsplit(url)
+    """Why `url` can't be an upstream base URL (a key of URL_REMEDIES), or None."""
+    try:
+        parts = urlsplit(url)
+        hostname, _ = parts.hostname, parts.port
+    except ValueError:  # "http://[::1" or a port that is not a number
+        return BAD_HOST
     if parts.scheme not in ("http", "https"):
-        return "is not an http:// or https:// URL"
-    if not parts.hostname:
-        return "has no host"
+        return NOT_HTTP
+    if not hostname:
+        return NO_HOST
     if parts.query or parts.fragment:
-        return "must not have a query or fragment"
+        return QUERY
     return None
 
 

@@ -3,7 +3,22 @@
 The CLI prints them as one line and exits non-zero; the server's error
 middleware answers them with `status` and a plain-text body. Anything that is
 not a `DebcacheError` is a bug: logged with its traceback, answered with 500.
+
+Causes and remedies are written in lower case, as they read mid-sentence; the
+printed form starts each sentence with a capital unless it starts with a name
+(a file, a path, an upstream, a command): names are never changed. A message
+that starts with a name other than a program's should make it recognisable as
+one: `NAME: ...`, `NAME/PATH ...` or quoted.
 """
+
+import re
+
+# The first word of a sentence that may be capitalised: lower-case letters only, ending
+# the sentence or followed by a space or a comma. "bad.toml:", "debian/pool/...",
+# "xen-4.19", "'http://'" and "1a2b3c4d" are names and stay as they are.
+_ORDINARY_WORD = re.compile(r"[a-z]+(?=$|[ ,;])")
+# Programs whose names are lower case by nature ("debcache does not tunnel connections").
+PROGRAM_NAMES = frozenset({"apt", "debcache", "debootstrap", "dpkg", "gpg", "gpgv", "nginx"})
 
 
 class DebcacheError(Exception):
@@ -17,8 +32,16 @@ class DebcacheError(Exception):
         self.remedy = remedy.rstrip(".")
 
     def __str__(self) -> str:
-        sentences = [s[:1].upper() + s[1:] for s in (self.cause, self.remedy) if s]
+        sentences = [sentence_case(s) for s in (self.cause, self.remedy) if s]
         return ". ".join(sentences) + "."
+
+
+def sentence_case(text: str) -> str:
+    """`text` with a capital first letter, unless it starts with a name (kept as written)."""
+    word = _ORDINARY_WORD.match(text)
+    if word is None or word.group() in PROGRAM_NAMES:
+        return text
+    return text[:1].upper() + text[1:]
 
 
 class ConfigError(DebcacheError):

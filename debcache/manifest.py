@@ -806,7 +806,7 @@ def resolve_manifest_id(db: sqlite_utils.Database, text: str) -> str:
         raise NotFound(f"no manifest id starts with {text}", "list them with `debcache manifests`")
     if len(ids) > 1:
         raise NotFound(
-            f"{text} is ambiguous: {', '.join(i[:SHORT_ID] for i in ids)}",
+            f"manifest id prefix {text} is ambiguous: {', '.join(i[:SHORT_ID] for i in ids)}",
             "give more digits",
         )
     return ids[0]
@@ -930,11 +930,11 @@ def import_manifest(
             _fetch_blobs(config, store, manifest.id, list(missing.values()), source_url, progress)
         )
         if failures:
-            listing = "\n".join(f"  {e.upstream}/{e.path}: {why}" for e, why in failures)
-            raise ImportFailed(
-                f"{len(failures)} file(s) of manifest {manifest.short_id} could not be fetched:"
-                f"\n{listing}\n",
-                "nothing was imported; retry, or import --from a debcache that has them",
+            raise import_failure(
+                manifest,
+                len(missing),
+                failures,
+                source_url,
             )
     restored = sum(1 for e in manifest.entries if e.sha256 in missing)
     created = save_manifest(db, manifest)
@@ -977,3 +977,28 @@ def _blob_urls(config: Config, manifest_id: str, entry: Entry, source_url: str |
         return [upstream_url(base, entry.path)]
     upstream = config.upstreams.get(entry.upstream)
     return [upstream_url(base, entry.path) for base in upstream.urls] if upstream else []
+
+
+def import_failure(
+    manifest: Manifest, wanted: int, failures: list[tuple[Entry, str]], source_url: str | None
+) -> ImportFailed:
+    """One line: how many failed, the first reason (its URL names the file), the remedy."""
+    entry, why = failures[0]
+    first = (
+        why if why.startswith(("http://", "https://")) else f"{entry.upstream}/{entry.path}: {why}"
+    )
+    if source_url:
+        remedy = (
+            f"nothing was imported; check that {source_url} is a debcache that serves the "
+            "manifest, or import without --from to fetch from the upstreams"
+        )
+    else:
+        remedy = (
+            "nothing was imported; check that the upstreams are reachable and still have "
+            "these files, or import --from a debcache that has them"
+        )
+    return ImportFailed(
+        f"{len(failures)} of {wanted} files of manifest {manifest.short_id} could not be "
+        f"fetched; the first, {first}",
+        remedy,
+    )

@@ -15,6 +15,10 @@ from workflow import keyed_debcache_for
 
 REQUIRED_TOOLS = ("apt-get", "dpkg-deb", "gpg", "gpgv", "wget", "debootstrap")
 
+# The tester's own $DEBCACHE_DATA_DIR or $DEBCACHE_CONFIG must not redirect the tests' commands.
+for variable in ("DEBCACHE_CONFIG", "DEBCACHE_DATA_DIR"):
+    os.environ.pop(variable, None)
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     # A missing system tool is a failure of the whole run, never a skip.

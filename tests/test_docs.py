@@ -28,3 +28,10 @@ def test_every_command_has_help_and_is_in_the_readme(name: str, command: click.C
     result = CliRunner().invoke(cli, [*name.split(), "--help"], prog_name="debcache")
     assert result.exit_code == 0 and "Usage: debcache" in result.output
     assert f"debcache {name}" in README, f"README does not mention `debcache {name}`"
+
+
+def test_the_options_of_every_command_and_their_variables_are_in_the_readme() -> None:
+    for option in cli.params:
+        names = [*option.opts, *([f"${option.envvar}"] if option.envvar else [])]
+        missing = [name for name in names if name not in README]
+        assert not missing, f"README does not mention {missing}"
