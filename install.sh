@@ -19,6 +19,7 @@ fail() {
 if [ "$(id -u)" -ne 0 ]; then
     fail "must run as root (it installs a Debian package and writes $venv); run it with sudo"
 fi
+command -v apt-get >/dev/null || fail "needs Debian (apt-get and dpkg); install on Debian 12"
 
 # Debian's python3 creates virtual environments only with python3-venv (ensurepip).
 if ! dpkg-query -W -f='${db:Status-Abbrev}' python3-venv 2>/dev/null | grep -q '^ii'; then
@@ -44,4 +45,4 @@ echo "install.sh: installing debcache from $PWD into $venv"
 # the installed copy; dependencies already satisfied are kept.
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$PWD"
 ln -sfn "$venv/bin/debcache" "$command_link"
-echo "install.sh: done; $command_link runs $venv/bin/debcache"
+echo "install.sh: done; $command_link runs $venv/bin/debcache. Start it with: debcache serve"

@@ -177,3 +177,17 @@ def test_readme_test_command_runs_the_tests_on_fresh_debian(
 def test_ci_runs_the_readme_test_command_exactly() -> None:
     ci = (REPOSITORY / ".ci" / "run").read_text().splitlines()
     assert setup_command(1) in ci
+
+
+def test_install_as_another_user_says_to_run_it_as_root() -> None:
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    # The script on stdin: the checkout's directories need not be readable by nobody.
+    with open(REPOSITORY / "install.sh") as script:
+        result = subprocess.run(
+            [*nobody, "bash", "-s"], stdin=script, cwd="/", capture_output=True, text=True
+        )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "install.sh: must run as root (it installs a Debian package and writes /opt/debcache); "
+        "run it with sudo\n"
+    )
