@@ -78,12 +78,13 @@ def base_system(mirror: str) -> Path:
         return tarball
     BASE_CACHE.mkdir(parents=True, exist_ok=True)
     building = Chroot(Path(tempfile.mkdtemp(prefix="debootstrap-", dir=BASE_CACHE)) / "root")
+    partial = tarball.with_suffix(f".{os.getpid()}.partial")
     try:
         _run(["debootstrap", "--variant=minbase", SUITE, str(building.root), mirror], timeout=900)
-        partial = tarball.with_suffix(f".{os.getpid()}.partial")
         _run(["tar", "-C", str(building.root), "--numeric-owner", "-cf", str(partial), "."])
         partial.replace(tarball)  # atomic: a concurrent run sees all of it or none
     finally:
+        partial.unlink(missing_ok=True)
         building.close()
         building.root.parent.rmdir()
     return tarball
@@ -124,7 +125,8 @@ class Chroot:
     # --- what this host needs to reach its archive and package index -------------
 
     def carry_host_configuration(self) -> None:
-        self._mount(["-t", "proc", "proc"], self.path("/proc"))  # python and dpkg read it
+        """/proc, and what apt and pip here need to reach this host's archive and index."""
+        _run(["mount", "-t", "proc", "proc", str(self.path("/proc"))])  # python, dpkg read it
         for name in APT_CONFIGURATION:
             self.copy_in(Path("/etc/apt") / name)
         # Trusted by the chroot's ca-certificates too when python3 pulls it in.
@@ -157,10 +159,7 @@ class Chroot:
     def bind_readonly(self, host_dir: Path) -> None:
         target = self.path(host_dir)
         target.mkdir(parents=True, exist_ok=True)
-        self._mount(["--bind", "-o", "ro", str(host_dir)], target)
-
-    def _mount(self, arguments: list[str], target: Path) -> None:
-        _run(["mount", *arguments, str(target)])
+        _run(["mount", "--bind", "-o", "ro", str(host_dir), str(target)])
 
     # --- running and ending ---------------------------------------------------------
 
