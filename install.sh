@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs debcache from this checkout on Debian 12, as root (README.md, "Set-up"):
+# Debian's python3-venv if it is missing, a virtual environment in /opt/debcache
+# holding debcache and its Python dependencies (from PyPI, or whatever index pip is
+# configured to use), and /usr/local/bin/debcache linked to its command.
+# Run it again after `git pull`: it reinstalls the checkout into the same place.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+venv=/opt/debcache
+command_link=/usr/local/bin/debcache
+python=/usr/bin/python3 # Debian's own, so the service never depends on a user's PATH
+
+fail() {
+    echo "install.sh: $*" >&2
+    exit 1
+}
+
+if [ "$(id -u)" -ne 0 ]; then
+    fail "must run as root (it installs a Debian package and writes $venv); run it with sudo"
+fi
+command -v apt-get >/dev/null || fail "needs Debian (apt-get and dpkg); install on Debian 12"
+
+# Debian's python3 creates virtual environments only with python3-venv (ensurepip).
+if ! dpkg-query -W -f='${db:Status-Abbrev}' python3-venv 2>/dev/null | grep -q '^ii'; then
+    echo "install.sh: installing python3-venv from Debian"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+    fail "debcache needs Python 3.11 or later, $python is $("$python" -V 2>&1); install on Debian 12"
+
+# A venv whose interpreter is gone (python3 replaced) is made again; anything else
+# already at that path is left alone.
+if ! "$venv/bin/python" -c '' 2>/dev/null; then
+    if [ -e "$venv" ] && [ ! -e "$venv/pyvenv.cfg" ]; then
+        fail "$venv exists and is not debcache's virtual environment; move it away and run again"
+    fi
+    echo "install.sh: creating the virtual environment $venv"
+    "$python" -m venv --clear "$venv"
+fi
+
+echo "install.sh: installing debcache from $PWD into $venv"
+# A local directory is always rebuilt and reinstalled, so a pulled checkout replaces
+# the installed copy; dependencies already satisfied are kept.
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$PWD"
+ln -sfn "$venv/bin/debcache" "$command_link"
+echo "install.sh: done; $command_link runs $venv/bin/debcache. Start it with: debcache serve"
