@@ -101,9 +101,13 @@ def test_record_urls_tag_every_fetch_with_the_recording(
     )
     assert apt.update().returncode == 0
     assert apt.download("hello").returncode == 0
-    rows = debcache.wait_for_fetches(4, recording="rec-1")
-    by_path = {row["path"]: row for row in rows}
     hello = archive.pool_path("hello", "2.10-3")
+    rows = debcache.wait_for_rows(
+        lambda rows: len(rows) >= 4 and hello in {row["path"] for row in rows},
+        "hello's row",
+        recording="rec-1",
+    )
+    by_path = {row["path"]: row for row in rows}
     assert by_path[hello]["sha256"] == archive.sha256(hello)
     assert by_path[hello]["size"] == len(archive.read(hello))
     assert by_path["dists/bookworm/InRelease"]["sha256"] == archive.sha256(
