@@ -275,6 +275,14 @@ def show_recording(config: Config, name: str, as_json: bool) -> None:
 @click.option("--name", "label", help="A label for the manifest.")
 @click.option("--promote", "branch", metavar="BRANCH", help="Then point BRANCH at the manifest.")
 @click.option("--allow-unverified", is_flag=True, help="Include files that can't be verified.")
+@click.option(
+    "--installer",
+    type=click.Choice(["recorded", "complete"]),
+    default="recorded",
+    show_default=True,
+    help="complete: also every udeb of the frozen debian-installer Packages of each "
+    "architecture recorded, so hosts with other hardware install from the pin.",
+)
 @json_option
 @pass_config
 def freeze_command(
@@ -283,6 +291,7 @@ def freeze_command(
     label: str | None,
     branch: str | None,
     allow_unverified: bool,
+    installer: str,
     as_json: bool,
 ) -> None:
     """Verify what recordings fetched and store it as an immutable manifest.
@@ -303,6 +312,7 @@ def freeze_command(
             list(recording_names),
             label=label,
             allow_unverified=allow_unverified,
+            installer=installer,
             progress=progress,
         )
     summary = {
@@ -313,6 +323,7 @@ def freeze_command(
         "created": created,
         "recordings": manifest.recordings,
         "unverified": manifest.unverified,
+        "completed": len(manifest.completed),
     }
     if branch:
         promote(database, store, branch, manifest.id, note=f"freeze {' '.join(recording_names)}")
@@ -323,7 +334,9 @@ def freeze_command(
     state = "Froze" if created else "Already frozen as"
     click.echo(
         f"{state} manifest {manifest.short_id}: {len(manifest.entries)} files, "
-        f"{size(manifest.bytes)}."
+        f"{size(manifest.bytes)}"
+        + (f", {len(manifest.completed)} not recorded but completed" if manifest.completed else "")
+        + "."
     )
     for problem in manifest.unverified:
         click.echo(f"  unverified: {problem}")
@@ -348,7 +361,10 @@ def list_manifests(config: Config, as_json: bool) -> None:
     rows = db.manifest_rows(database)
     if as_json:
         print_json(
-            [{k: v for k, v in r.items() if k not in ("releases", "unverified")} for r in rows]
+            [
+                {k: v for k, v in r.items() if k not in ("releases", "unverified", "completed")}
+                for r in rows
+            ]
         )
         return
     if not rows:
@@ -389,10 +405,25 @@ def show_manifest(config: Config, manifest_ref: str, as_json: bool) -> None:
     click.echo(f"from     {', '.join(manifest.recordings) or '-'}")
     for key, release in sorted(manifest.releases.items()):
         click.echo(f"release  {key}: {release.get('date')}")
+    completed = set(manifest.completed)
+    if completed:
+        click.echo(
+            f"completed {len(completed)} file(s) no recording fetched (FROM: completed), "
+            "for fresh installs"
+        )
     click.echo()
     print_table(
-        ["UPSTREAM", "PATH", "SHA256", "SIZE"],
-        [[e.upstream, e.path, e.sha256[:SHORT_ID], size(e.size)] for e in manifest.entries],
+        ["UPSTREAM", "PATH", "SHA256", "SIZE", "FROM"],
+        [
+            [
+                e.upstream,
+                e.path,
+                e.sha256[:SHORT_ID],
+                size(e.size),
+                "completed" if f"{e.upstream}/{e.path}" in completed else "recorded",
+            ]
+            for e in manifest.entries
+        ],
     )
 
 

@@ -28,7 +28,10 @@ from .archive import (
     ReleaseEntry,
     ReleaseInfo,
     SignatureError,
+    by_hash_path,
     by_hash_sha256,
+    fresh_update_indices,
+    host_architecture,
     installer_images_dir,
     packages_stanzas,
     parse_archive_path,
@@ -41,10 +44,11 @@ from .archive import (
 from .config import NAME_PATTERN, Config, Upstream
 from .errors import BadRequest, DebcacheError, NotFound
 from .store import SHA256_PATTERN, FileStore
-from .upstream import create_session, download_blob
+from .upstream import DownloadFailure, create_session, download_blob
 
 LOCKFILE_FORMAT = "debcache-manifest/1"
 SHORT_ID = 12
+INSTALLER_CHOICES = ("recorded", "complete")
 
 
 class FreezeError(DebcacheError):
@@ -88,6 +92,8 @@ class Manifest:
     entries: list[Entry]
     releases: dict[str, dict] = field(default_factory=dict)
     unverified: list[str] = field(default_factory=list)
+    # "upstream/path" of files no recording fetched: what completeness added (DESIGN §4)
+    completed: list[str] = field(default_factory=list)
 
     @property
     def short_id(self) -> str:
@@ -133,13 +139,30 @@ class Recorded:
 class Freezer:
     """Plans a manifest from recordings: what goes in, and what could not be verified."""
 
-    def __init__(self, config: Config, db: sqlite_utils.Database, store: FileStore) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: sqlite_utils.Database,
+        store: FileStore,
+        installer: str = "recorded",
+    ) -> None:
         self.config, self.db, self.store = config, db, store
+        self.installer = installer
         self.entries: dict[tuple[str, str], Entry] = {}
         self.problems: list[Problem] = []
         self.releases: dict[str, dict] = {}
+        # The recorded hosts' architectures (all upstreams: it is a property of the host).
+        self.architectures: set[str] = set()
+        self.installer_architectures: set[str] = set()
 
     def plan(self, recorded: Recorded, progress: Callable[[int], None] | None = None) -> None:
+        for files in recorded.files.values():
+            for path in files:
+                found = host_architecture(path)
+                if found:
+                    self.architectures.add(found[0])
+                    if found[1]:
+                        self.installer_architectures.add(found[0])
         for upstream_name, files in sorted(recorded.files.items()):
             upstream = self.config.upstreams.get(upstream_name)
             if upstream is None:
@@ -174,8 +197,17 @@ class Freezer:
             release = self._plan_suite(upstream, suite, by_suite[suite], files)
             if release is not None:
                 releases[suite] = release
+        # A suite of which only `Release` was recorded is a probe (d-i's mirror check):
+        # nothing of it is installed, so nothing more of it is needed.
+        used = {s for s in releases if set(by_suite[s]) != {f"dists/{s}/Release"}}
+        self._complete_suites(upstream, {s: releases[s] for s in sorted(used)}, files)
+        listings = PackagesListings(self, upstream, releases, single)
         if pool:
-            self._plan_pool(upstream, pool, releases, single)
+            self._plan_pool(upstream, pool, releases, listings)
+        if self.installer == "complete":
+            self._complete_installer(
+                upstream, {s: releases[s] for s in sorted(used)}, listings, files
+            )
 
     @staticmethod
     def _is_release_file(path: str) -> bool:
@@ -365,7 +397,7 @@ class Freezer:
         upstream: Upstream,
         pool: dict[str, tuple[str, int]],
         releases: dict[str, ReleaseInfo],
-        recorded: dict[str, tuple[str, int]],
+        listings: PackagesListings,
     ) -> None:
         if not releases:
             for path in pool:
@@ -373,7 +405,6 @@ class Freezer:
                     upstream.name, path, "no Release of this upstream was recorded or cached"
                 )
             return
-        listings = PackagesListings(self, upstream, releases, recorded)
         for path, (sha256, size) in sorted(pool.items()):
             listing = listings.find(path)
             if listing is None:
@@ -384,30 +415,135 @@ class Freezer:
                     upstream.name, path, f"sha256 or size does not match {listing.index_path}"
                 )
             else:
-                self.add(
-                    Entry(
-                        upstream.name,
-                        path,
-                        sha256,
-                        size,
-                        listing.package,
-                        listing.version,
-                        listing.architecture,
-                        listing.suite,
-                    )
-                )
+                self.add(listing.entry(upstream.name))
                 listings.use(listing)
+
+    # Completeness (DESIGN.md §4): what any fresh client needs, not only what was recorded.
+    def _complete_suites(
+        self,
+        upstream: Upstream,
+        used: dict[str, ReleaseInfo],
+        recorded: dict[str, set[tuple[str, int]]],
+    ) -> None:
+        """Add every index a fresh apt, debootstrap or d-i may fetch to update each used suite.
+
+        Each compression the Release lists, under its name and (with Acquire-By-Hash) its
+        by-hash name; from the store, else fetched now. A compression the upstream does
+        not have (404) is left out; an index of which no compression arrives is a problem.
+        A recorded path is planned as recorded: completing it would hide what went wrong.
+        """
+        wanted: list[tuple[str, str, list[ReleaseEntry]]] = []
+        for suite, info in used.items():
+            architectures = self.architectures or {a for a in info.architectures if a != "all"}
+            indices = fresh_update_indices(info, architectures, self.installer_architectures)
+            wanted += [(suite, index, indices[index]) for index in sorted(indices)]
+        downloads = {
+            entry.sha256: (self._index_paths(suite, used[suite], entry), entry.sha256, entry.size)
+            for suite, _, variants in wanted
+            for entry in variants
+            if not self.store.has(entry.sha256)
+        }
+        failures = self._fetch_all(upstream, list(downloads.values()))
+        for suite, index, variants in wanted:
+            arrived = False
+            for entry in variants:
+                failure = failures.get(entry.sha256)
+                if failure is None:
+                    arrived = True
+                    for path in self._index_paths(suite, used[suite], entry):
+                        if path not in recorded:
+                            self.add(Entry(upstream.name, path, entry.sha256, entry.size))
+                elif not failure.absent:
+                    self._problem(
+                        upstream.name,
+                        f"dists/{suite}/{entry.name}",
+                        f"a fresh apt-get update needs it; not cached, and fetching it failed "
+                        f"({failure})",
+                    )
+                    arrived = True  # named already
+            if not arrived:
+                self._problem(
+                    upstream.name,
+                    f"dists/{suite}/{index}",
+                    "a fresh apt-get update needs it; the Release lists it, but no compression "
+                    "of it is cached or on the upstream",
+                )
+
+    @staticmethod
+    def _index_paths(suite: str, info: ReleaseInfo, entry: ReleaseEntry) -> list[str]:
+        """The names apt may ask for: by-hash first (content-addressed, outlives a point
+        release on the mirror), then the plain name."""
+        plain = f"dists/{suite}/{entry.name}"
+        return [by_hash_path(plain, entry.sha256), plain] if info.by_hash else [plain]
+
+    def _complete_installer(
+        self,
+        upstream: Upstream,
+        used: dict[str, ReleaseInfo],
+        listings: PackagesListings,
+        recorded: dict[str, set[tuple[str, int]]],
+    ) -> None:
+        """--installer complete: every udeb of the frozen debian-installer Packages of each
+        architecture the recordings' installers used, so other hardware installs too."""
+        udebs = []
+        for suite, info in used.items():
+            indices = fresh_update_indices(info, set(), self.installer_architectures)
+            for index in sorted(indices):
+                directory = index.rpartition("/")[0]
+                udebs += [
+                    u for u in listings.listed_in(suite, directory) if u.pool_path not in recorded
+                ]
+        missing = {
+            u.sha256: ([u.pool_path], u.sha256, u.size)
+            for u in udebs
+            if not self.store.has(u.sha256)
+        }
+        failures = self._fetch_all(upstream, list(missing.values()))
+        for udeb in udebs:
+            failure = failures.get(udeb.sha256)
+            if failure is None:
+                self.add(udeb.entry(upstream.name))
+                listings.use(udeb)
+            else:
+                self._problem(
+                    upstream.name,
+                    udeb.pool_path,
+                    f"--installer complete needs it ({udeb.index_path} lists it); not cached, "
+                    f"and fetching it failed ({failure})",
+                )
 
     def _fetch(self, upstream: Upstream, path: str, listed: ReleaseEntry) -> bool:
         """Fetch a file the verified Release lists into the store; True if it arrived."""
+        failures = self._fetch_all(upstream, [([path], listed.sha256, listed.size)])
+        return listed.sha256 not in failures
 
-        async def fetch() -> str | None:
+    def _fetch_all(
+        self, upstream: Upstream, wanted: list[tuple[list[str], str, int]]
+    ) -> dict[str, DownloadFailure]:
+        """Fetch (paths to try, sha256, size) into the store, a few at a time; failures by sha256.
+
+        Only the hash and size decide, so any of the paths (or base URLs) may answer.
+        """
+        if not wanted:
+            return {}
+
+        async def fetch_all() -> dict[str, DownloadFailure]:
+            limit = asyncio.Semaphore(8)
+            failures: dict[str, DownloadFailure] = {}
             async with create_session() as session:
-                urls = [upstream_url(base, path) for base in upstream.urls]
-                return await download_blob(session, urls, listed.sha256, listed.size, self.store)
+
+                async def fetch(paths: list[str], sha256: str, size: int) -> None:
+                    urls = [upstream_url(base, path) for path in paths for base in upstream.urls]
+                    async with limit:
+                        failure = await download_blob(session, urls, sha256, size, self.store)
+                    if failure is not None:
+                        failures[sha256] = failure
+
+                await asyncio.gather(*(fetch(*item) for item in wanted))
+            return failures
 
         self.store.create_directories()
-        return asyncio.run(fetch()) is None
+        return asyncio.run(fetch_all())
 
     def add(self, entry: Entry) -> None:
         self.entries[entry.key] = entry
@@ -434,6 +570,19 @@ class Listing:
     suite: str
     index_path: str
     index: Entry
+    pool_path: str = ""
+
+    def entry(self, upstream: str) -> Entry:
+        return Entry(
+            upstream,
+            self.pool_path,
+            self.sha256,
+            self.size,
+            self.package,
+            self.version,
+            self.architecture,
+            self.suite,
+        )
 
 
 class PackagesListings:
@@ -456,6 +605,7 @@ class PackagesListings:
         self._listings: dict[str, Listing] = {}
         self._used_directories: set[str] = set()
         self._directories: dict[str, list[str]] = {}
+        self._listed_in: dict[tuple[str, str], list[Listing]] = {}
 
     def find(self, pool_path: str) -> Listing | None:
         for suite, directory in self._directories_for(pool_path):
@@ -463,6 +613,11 @@ class PackagesListings:
                 break
             self._parse(suite, directory)
         return self._listings.get(pool_path)
+
+    def listed_in(self, suite: str, directory: str) -> list[Listing]:
+        """Every pool file the frozen Packages of `directory` (e.g. main/binary-amd64) lists."""
+        self._parse(suite, directory)
+        return self._listed_in.get((suite, directory), [])
 
     def use(self, listing: Listing) -> None:
         """Include the index that authenticated a pool file, and its recorded variants."""
@@ -514,11 +669,12 @@ class PackagesListings:
         if index is None:
             return
         blob = self.freezer.store.local_path(index.sha256)
+        listed = self._listed_in.setdefault((suite, directory), [])
         for stanza in packages_stanzas(blob):
             filename = stanza.get("Filename")
-            if not filename or filename in self._listings or not stanza.get("SHA256"):
+            if not filename or not stanza.get("SHA256"):
                 continue
-            self._listings[filename] = Listing(
+            listing = Listing(
                 stanza["SHA256"].lower(),
                 int(stanza.get("Size", "-1")),
                 stanza.get("Package", ""),
@@ -527,7 +683,10 @@ class PackagesListings:
                 suite,
                 index.path,
                 index,
+                filename,
             )
+            listed.append(listing)
+            self._listings.setdefault(filename, listing)
 
     def _available_index(self, suite: str, info: ReleaseInfo, directory: str) -> Entry | None:
         """A Packages variant of `directory` that the Release lists and the store holds."""
@@ -556,12 +715,21 @@ def plan_manifest(
     *,
     label: str | None = None,
     allow_unverified: bool = False,
+    installer: str = "recorded",
     progress: Callable[[int], None] | None = None,
 ) -> Manifest:
-    """The manifest the recordings would freeze into; raises if a file can't be verified."""
+    """The manifest the recordings would freeze into; raises if a file can't be verified.
+
+    installer "complete": also every udeb the frozen debian-installer Packages list.
+    """
+    if installer not in INSTALLER_CHOICES:
+        raise BadRequest(
+            f"installer must be recorded or complete, not {installer!r}",
+            "use recorded (the default) or complete (every udeb of the installer's index)",
+        )
     recordings = sorted(set(recordings))
     check_recordings_exist(db, recordings)
-    freezer = Freezer(config, db, store)
+    freezer = Freezer(config, db, store, installer)
     recorded = Recorded.load(db, recordings)
     freezer.plan(recorded, progress)
     unverified = [p for p in freezer.problems if (p.upstream, p.path) not in freezer.entries]
@@ -577,6 +745,11 @@ def plan_manifest(
     if missing:
         problems = [Problem(e.upstream, e.path, "blob missing from store") for e in missing]
         raise UnverifiableFiles(problems)
+    completed = [
+        f"{e.upstream}/{e.path}"
+        for e in entries
+        if e.path not in recorded.files.get(e.upstream, {})
+    ]
     return Manifest(
         manifest_id(entries),
         label,
@@ -585,6 +758,7 @@ def plan_manifest(
         entries,
         freezer.releases,
         [str(p) for p in unverified],
+        completed,
     )
 
 
@@ -641,6 +815,7 @@ def save_manifest(db: sqlite_utils.Database, manifest: Manifest) -> bool:
         "bytes": manifest.bytes,
         "releases": json.dumps(manifest.releases, sort_keys=True),
         "unverified": json.dumps(manifest.unverified),
+        "completed": json.dumps(manifest.completed),
     }
     return queries.insert_manifest(db, row, [asdict(e) for e in manifest.entries])
 
@@ -676,6 +851,7 @@ def load_manifest(db: sqlite_utils.Database, manifest_id: str) -> Manifest:
         entries,
         json.loads(row["releases"]),
         json.loads(row["unverified"]),
+        json.loads(row["completed"]),
     )
 
 
@@ -692,6 +868,7 @@ def export_lockfile(manifest: Manifest) -> dict:
         "recordings": manifest.recordings,
         "releases": manifest.releases,
         "unverified": manifest.unverified,
+        "completed": manifest.completed,
         "entries": [asdict(e) for e in manifest.entries],
     }
 
@@ -724,6 +901,7 @@ def parse_lockfile(document: object, source: str) -> Manifest:
         sorted(entries, key=lambda e: e.key),
         dict(document.get("releases") or {}),
         [str(u) for u in document.get("unverified") or []],
+        [str(c) for c in document.get("completed") or []],
     )
 
 

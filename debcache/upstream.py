@@ -137,6 +137,12 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int = 65536) -> 
         return b""
 
 
+class DownloadFailure(str):
+    """Why a download failed, as text; `absent` when every URL answered 404 or 410."""
+
+    absent: bool = False
+
+
 async def download_blob(
     session: aiohttp.ClientSession,
     urls: list[str],
@@ -150,6 +156,7 @@ async def download_blob(
     `size` None: only the hash decides.
     """
     failures = []
+    absent = True
     client_timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=CONNECT_TIMEOUT, sock_read=timeout
     )
@@ -159,9 +166,11 @@ async def download_blob(
             async with session.get(url, timeout=client_timeout) as response:
                 if response.status != 200:
                     failures.append(f"{url}: HTTP {response.status}")
+                    absent &= response.status in (404, 410)
                     continue
                 digest, received = await _save_body(response, temp)
             if digest != sha256 or size not in (None, received):
+                absent = False
                 failures.append(
                     f"{url}: got sha256 {digest[:12]} ({received} bytes), not {sha256[:12]}"
                 )
@@ -170,10 +179,13 @@ async def download_blob(
             await asyncio.to_thread(store.sync_directory, blob.parent)
             return None
         except (aiohttp.ClientError, TimeoutError) as exc:
+            absent = False
             failures.append(f"{url}: {describe_failure(exc)}")
         finally:
             temp.unlink(missing_ok=True)
-    return "; ".join(failures) or "no URL to fetch it from"
+    failure = DownloadFailure("; ".join(failures) or "no URL to fetch it from")
+    failure.absent = absent and bool(failures)
+    return failure
 
 
 async def _save_body(response: aiohttp.ClientResponse, temp: Path) -> tuple[str, int]:

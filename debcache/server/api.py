@@ -146,7 +146,10 @@ async def recording(request: web.Request) -> web.Response:
 async def manifests(request: web.Request) -> web.Response:
     rows = await _run(request, lambda c, db, s: queries.manifest_rows(db))
     return _json(
-        [{k: v for k, v in r.items() if k not in ("releases", "unverified")} for r in rows]
+        [
+            {k: v for k, v in r.items() if k not in ("releases", "unverified", "completed")}
+            for r in rows
+        ]
     )
 
 
@@ -186,7 +189,8 @@ async def difference(request: web.Request) -> web.Response:
 
 
 async def freeze_recordings(request: web.Request) -> web.Response:
-    """{"recordings": [...], "label": ..., "promote": BRANCH, "allow_unverified": false}"""
+    """{"recordings": [...], "label": ..., "promote": BRANCH, "allow_unverified": false,
+    "installer": "recorded" or "complete"}"""
     check_may_change(request)
     body = await _body(request)
     names = body.get("recordings")
@@ -201,10 +205,17 @@ async def freeze_recordings(request: web.Request) -> web.Response:
             names,
             label=body.get("label"),
             allow_unverified=bool(body.get("allow_unverified")),
+            installer=str(body.get("installer") or "recorded"),
         )
         if body.get("promote"):
             promote(db, store, str(body["promote"]), made.id, note=f"freeze {' '.join(names)}")
-        return {"id": made.id, "files": len(made.entries), "bytes": made.bytes, "created": created}
+        return {
+            "id": made.id,
+            "files": len(made.entries),
+            "bytes": made.bytes,
+            "created": created,
+            "completed": len(made.completed),
+        }
 
     return _json(await _run(request, operation))
 
