@@ -732,6 +732,12 @@ def plan_manifest(
     freezer = Freezer(config, db, store, installer)
     recorded = Recorded.load(db, recordings)
     freezer.plan(recorded, progress)
+    if installer == "complete" and not freezer.installer_architectures:
+        raise FreezeError(
+            f"{', '.join(recordings)} used no debian-installer (no udeb, installer image or "
+            "debian-installer index), so --installer complete has nothing to complete",
+            "freeze it together with a recorded d-i install, or without --installer complete",
+        )
     unverified = [p for p in freezer.problems if (p.upstream, p.path) not in freezer.entries]
     if unverified and not allow_unverified:
         raise UnverifiableFiles(unverified)

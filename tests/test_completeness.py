@@ -19,7 +19,7 @@ from archive_fixture import Archive, build_test_archive
 from debcache_server import DebcacheServer
 from fake_mirror import FakeMirror, Fault
 from http_client import get, request
-from workflow import freeze_json, keyed_debcache_for, manifest_json, run
+from workflow import freeze_json, keyed_debcache_for, manifest_json, record_install, run
 
 from debcache import db as queries
 from debcache.manifest import load_manifest
@@ -91,8 +91,9 @@ def update_and_install_fresh(
     branch: str,
     options: dict[str, str],
     *packages: str,
-) -> dict[str, bytes]:
-    """A fresh apt state: update from the pin (every answer a 200), then download packages."""
+) -> tuple[dict[str, bytes], set[str]]:
+    """A fresh apt state: update from the pin (every answer a 200), then download packages;
+    (the .debs, the paths the pin served)."""
     apt = AptRoot(directory)
     apt.write_sources(sources(archive, f"{server.url}/pin/{branch}/debian"))
     rows_before = len(server.fetches())
@@ -106,7 +107,11 @@ def update_and_install_fresh(
     assert pinned and all(r["status"] == 200 for r in pinned), [
         (r["path"], r["status"]) for r in pinned if r["status"] != 200
     ]
-    return apt.downloaded()
+    return apt.downloaded(), {r["path"] for r in pinned}
+
+
+def by_hash_of(archive: Archive, path: str) -> str:
+    return f"{path.rpartition('/')[0]}/by-hash/SHA256/{archive.sha256(path)}"
 
 
 FRESH_HOSTS = {
@@ -154,10 +159,19 @@ def test_a_host_with_current_lists_records_a_pin_every_fresh_host_can_update_fro
 
     real_mirror.stop()
     for number, (name, options) in enumerate(FRESH_HOSTS.items()):
-        fresh = update_and_install_fresh(
+        fresh, served = update_and_install_fresh(
             lab_debcache, lab_archive, tmp_path / f"fresh-{number}", "lab", options, *PACKAGES
         )
         assert fresh == installed, name
+        # Each host asked for what its settings say, and got it.
+        suffix = ".gz" if "gz" in name else ".xz"
+        for suite in SUITES:
+            packages = f"dists/{suite}/main/binary-amd64/Packages{suffix}"
+            wanted = packages
+            if options["Acquire::By-Hash"] == "yes":
+                wanted = by_hash_of(lab_archive, packages)
+            assert wanted in served, (name, sorted(served))
+            assert any("/i18n/" in p and p.startswith(f"dists/{suite}/") for p in served), name
 
 
 def test_a_bare_update_on_a_host_with_current_lists_freezes_to_a_complete_pin(
@@ -173,6 +187,9 @@ def test_a_bare_update_on_a_host_with_current_lists_freezes_to_a_complete_pin(
     assert frozen["files"] > 3 and frozen["unverified"] == []
     real_mirror.stop()
     update_and_install_fresh(lab_debcache, lab_archive, tmp_path / "fresh", "lab", {})
+    # It pins the indices only: installing needs a recording that installed.
+    install = AptRoot(tmp_path / "fresh").download("hello")
+    assert install.returncode != 0 and "404" in install.stdout + install.stderr
 
 
 def test_an_index_that_can_be_neither_found_nor_fetched_fails_the_freeze(
@@ -258,7 +275,7 @@ def test_installer_complete_holds_every_udeb_of_the_frozen_installer_index(
 
 
 def test_the_api_freezes_with_the_installer_complete(
-    own_debcache: DebcacheServer, own_archive: Archive
+    own_debcache: DebcacheServer, own_archive: Archive, own_mirror: FakeMirror, tmp_path: Path
 ) -> None:
     record_debian_installer(own_debcache, own_archive, "di2")
     body = json.dumps({"recordings": ["di2"], "installer": "complete"}).encode()
@@ -269,6 +286,11 @@ def test_the_api_freezes_with_the_installer_complete(
     kernel_udeb = own_archive.pool_path(own_archive.installer("bookworm").kernel_udeb().name)
     paths = {e["path"] for e in manifest_json(own_debcache, made["id"])["entries"]}
     assert kernel_udeb in paths
+
+    record_install(own_debcache, AptRoot(tmp_path / "apt"), own_archive, own_mirror, "apt-only")
+    body = json.dumps({"recordings": ["apt-only"], "installer": "complete"}).encode()
+    reply = request(own_debcache.url, "/_/api/freeze", "POST", headers, timeout=60, body=body)
+    assert reply.status == 409 and b"used no debian-installer" in reply.body
 
     bad = json.dumps({"recordings": ["di2"], "installer": "everything"}).encode()
     reply = request(own_debcache.url, "/_/api/freeze", "POST", headers, timeout=60, body=bad)
