@@ -570,7 +570,7 @@ class Listing:
     suite: str
     index_path: str
     index: Entry
-    pool_path: str = ""
+    pool_path: str
 
     def entry(self, upstream: str) -> Entry:
         return Entry(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from apt import AptRoot
-from archive_fixture import Archive, build_test_archive
+from archive_fixture import Archive, build_test_archive, point_release
 from debcache_server import DebcacheServer
 from fake_mirror import FakeMirror, Fault
 from http_client import get, request
@@ -211,6 +211,27 @@ def test_an_index_that_can_be_neither_found_nor_fetched_fails_the_freeze(
     for path in (gz, by_hash):
         real_mirror.clear_fault(f"/debian/{path}")
     assert freeze_json(lab_debcache, "warm-run")["unverified"] == []
+
+
+def test_after_a_point_release_freeze_completes_from_the_by_hash_names_the_mirror_kept(
+    lab_debcache: DebcacheServer, real_mirror: FakeMirror, lab_archive: Archive, tmp_path: Path
+) -> None:
+    host = warm_host(lab_debcache, real_mirror, lab_archive, tmp_path)
+    run_through(lab_debcache, real_mirror, host, "warm-run", "hello")
+    gz = "dists/bookworm/main/binary-amd64/Packages.gz"
+    old_gz = by_hash_of(lab_archive, gz)
+    point_release(lab_archive)
+    assert by_hash_of(lab_archive, gz) != old_gz  # the plain name has new content now
+
+    frozen = freeze_json(lab_debcache, "warm-run", "--promote", "lab")
+    assert frozen["unverified"] == []
+    assert real_mirror.count(f"/debian/{old_gz}") == 1 and real_mirror.count(f"/debian/{gz}") == 0
+    real_mirror.stop()
+    gz_first = FRESH_HOSTS["plain, gz first"]
+    fresh, _ = update_and_install_fresh(
+        lab_debcache, lab_archive, tmp_path / "fresh", "lab", gz_first, "hello"
+    )
+    assert fresh == host.downloaded()
 
 
 # --- --installer complete -------------------------------------------------------------
