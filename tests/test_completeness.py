@@ -266,6 +266,8 @@ def test_installer_complete_holds_every_udeb_of_the_frozen_installer_index(
     as_recorded = freeze_json(own_debcache, "di1")
     paths = {e["path"] for e in manifest_json(own_debcache, as_recorded["id"])["entries"]}
     assert set(recorded) <= paths and kernel_udeb not in paths
+    # A d-i of the same architecture that prefers another compression finds its index too.
+    assert "dists/bookworm/main/debian-installer/binary-amd64/Packages.gz" in paths
 
     # Never fetched by anyone: freeze fetches it, unless the mirror fails.
     kernel_url = f"/debian/{kernel_udeb}"
