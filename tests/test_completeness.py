@@ -153,6 +153,8 @@ def test_a_host_with_current_lists_records_a_pin_every_fresh_host_can_update_fro
         assert f"dists/{suite}/main/i18n/Translation-en" not in paths
     for entry in manifest["entries"]:
         assert entry["sha256"] == lab_archive.sha256(entry["path"]), entry["path"]
+    exported = json.loads(run(lab_debcache, "manifests", "export", frozen["id"][:12]).output)
+    assert exported["completed"] == manifest["completed"]
     shown = run(lab_debcache, "manifests", "show", frozen["id"][:12])
     assert f"completed {frozen['completed']} file(s)" in shown.output
     assert "dists/bookworm-updates/main/binary-amd64/Packages.xz" in shown.output
