@@ -429,7 +429,7 @@ class Freezer:
 
         Each compression the Release lists, under its name and (with Acquire-By-Hash) its
         by-hash name; from the store, else fetched now. A compression the upstream does
-        not have (404) is left out; an index of which no compression arrives is a problem.
+        not have (404) is left out; any other failure is a problem.
         A recorded path is planned as recorded: completing it would hide what went wrong.
         """
         wanted: list[tuple[str, str, list[ReleaseEntry]]] = []
@@ -444,12 +444,12 @@ class Freezer:
             if not self.store.has(entry.sha256)
         }
         failures = self._fetch_all(upstream, list(downloads.values()))
-        for suite, index, variants in wanted:
-            arrived = False
+        arrived: set[str] = set()
+        for suite, _, variants in wanted:
             for entry in variants:
                 failure = failures.get(entry.sha256)
                 if failure is None:
-                    arrived = True
+                    arrived.add(suite)
                     for path in self._index_paths(suite, used[suite], entry):
                         if path not in recorded:
                             self.add(Entry(upstream.name, path, entry.sha256, entry.size))
@@ -460,14 +460,15 @@ class Freezer:
                         f"a fresh apt-get update needs it; not cached, and fetching it failed "
                         f"({failure})",
                     )
-                    arrived = True  # named already
-            if not arrived:
-                self._problem(
-                    upstream.name,
-                    f"dists/{suite}/{index}",
-                    "a fresh apt-get update needs it; the Release lists it, but no compression "
-                    "of it is cached or on the upstream",
-                )
+        # An index the upstream has in no compression (a partial mirror without contrib)
+        # no client could fetch either; but a suite of which it has none is a wrong URL.
+        for suite in sorted({suite for suite, _, _ in wanted} - arrived):
+            self._problem(
+                upstream.name,
+                f"dists/{suite}/",
+                "a fresh apt-get update needs its indices, but the upstream answered 404 for "
+                f"every one its Release lists (check [upstreams.{upstream.name}] urls)",
+            )
 
     @staticmethod
     def _index_paths(suite: str, info: ReleaseInfo, entry: ReleaseEntry) -> list[str]:

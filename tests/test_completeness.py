@@ -236,6 +236,54 @@ def test_after_a_point_release_freeze_completes_from_the_by_hash_names_the_mirro
     assert fresh == host.downloaded()
 
 
+def delete_indices(archive: Archive, suite: str, component: str) -> None:
+    """Remove a component's indices from the mirror (by-hash too), as a partial mirror has it."""
+    for path in archive.files():
+        if path.startswith(f"dists/{suite}/{component}/") and "/installer-" not in path:
+            archive.path(path).unlink()
+
+
+def test_a_component_the_mirror_does_not_carry_is_left_out(
+    lab_debcache: DebcacheServer, real_mirror: FakeMirror, lab_archive: Archive, tmp_path: Path
+) -> None:
+    lab_archive.publish_suite(
+        "bookworm-updates",
+        lab_archive.packages("bookworm-updates"),
+        codename="bookworm-updates",
+        components=("main", "contrib"),
+        translations=True,
+    )
+    host = warm_host(lab_debcache, real_mirror, lab_archive, tmp_path)
+    run_through(lab_debcache, real_mirror, host, "warm-run", "greet-tzdata")
+    delete_indices(lab_archive, "bookworm-updates", "contrib")
+    frozen = freeze_json(lab_debcache, "warm-run", "--promote", "lab")
+    paths = {e["path"] for e in manifest_json(lab_debcache, frozen["id"])["entries"]}
+    assert not any(p.startswith("dists/bookworm-updates/contrib/") for p in paths)
+    assert "dists/bookworm-updates/main/binary-amd64/Packages.gz" in paths
+    real_mirror.stop()
+    fresh, _ = update_and_install_fresh(
+        lab_debcache, lab_archive, tmp_path / "fresh", "lab", {}, "greet-tzdata"
+    )
+    assert fresh == host.downloaded()
+
+
+def test_a_suite_whose_indices_the_upstream_has_none_of_fails_the_freeze(
+    lab_debcache: DebcacheServer, real_mirror: FakeMirror, lab_archive: Archive, tmp_path: Path
+) -> None:
+    # Lists made straight from the mirror: debcache caches nothing but what is recorded.
+    host = AptRoot(tmp_path / "direct")
+    host.write_sources(sources(lab_archive, f"{real_mirror.url}/debian"))
+    assert host.update(options=WITH_TRANSLATIONS).returncode == 0
+    run_through(lab_debcache, real_mirror, host, "bare")
+    delete_indices(lab_archive, "bookworm-updates", "main")
+    result = run(lab_debcache, "freeze", "bare")
+    assert result.exit_code == 1, result.output
+    assert "debian/dists/bookworm-updates/: a fresh apt-get update needs its indices" in (
+        result.output
+    )
+    assert "[upstreams.debian] urls" in result.output and "bookworm/main" not in result.output
+
+
 # --- --installer complete -------------------------------------------------------------
 
 
