@@ -489,7 +489,7 @@ class Freezer:
         udebs = []
         for suite, info in used.items():
             indices = fresh_update_indices(info, set(), self.installer_architectures)
-            for index in sorted(indices):
+            for index in sorted(i for i in indices if "/debian-installer/" in i):
                 directory = index.rpartition("/")[0]
                 udebs += [
                     u for u in listings.listed_in(suite, directory) if u.pool_path not in recorded

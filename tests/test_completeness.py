@@ -331,6 +331,7 @@ def test_installer_complete_holds_every_udeb_of_the_frozen_installer_index(
     manifest = manifest_json(own_debcache, complete["id"])
     entries = {e["path"]: e for e in manifest["entries"]}
     assert udebs <= set(entries)
+    assert all(p.endswith(".udeb") for p in entries if p.startswith("pool/"))
     assert entries[kernel_udeb]["sha256"] == own_archive.sha256(kernel_udeb)
     assert entries[kernel_udeb]["package"] == own_archive.installer("bookworm").kernel_udeb().name
     assert f"debian/{kernel_udeb}" in manifest["completed"]
