@@ -150,7 +150,7 @@ async def download_blob(
     size: int | None,
     store: FileStore,
     timeout: float = 30.0,
-) -> str | None:
+) -> DownloadFailure | None:
     """Fetch a blob from the first URL that has it whole and right; None, or why it failed.
 
     `size` None: only the hash decides.
