@@ -184,6 +184,9 @@ class ReleaseInfo:
     components: tuple[str, ...] = ()
     architectures: tuple[str, ...] = ()
     by_hash: bool = False  # "Acquire-By-Hash: yes": apt asks for by-hash/SHA256/<digest>
+    # "No-Support-for-Architecture-all: Packages": arch-all packages are in every
+    # binary-<arch> as well, and apt does not fetch binary-all (Debian's suites say so).
+    binary_all_repeated: bool = False
 
     def by_sha256(self, sha256: str, directory: str) -> ReleaseEntry | None:
         """The entry of `directory` (e.g. main/binary-amd64) with this digest."""
@@ -209,6 +212,7 @@ def parse_release(verified: bytes) -> ReleaseInfo:
         tuple(release.get("Components", "").split()),
         tuple(release.get("Architectures", "").split()),
         release.get("Acquire-By-Hash", "").strip().lower() == "yes",
+        "Packages" in release.get("No-Support-for-Architecture-all", "").split(),
     )
 
 
@@ -313,22 +317,30 @@ def fresh_update_indices(
     """The indices of a suite that a fresh apt, debootstrap or d-i may fetch: uncompressed
     name -> the Release entries of each of its compressions.
 
-    Every component the Release lists (a sources line may name any of them);
-    `binary-<arch>` for these architectures and `binary-all`; `debian-installer/
-    binary-<arch>` for the installer's; `i18n/Translation-en` (apt fetches it by default).
+    Every component the Release lists (a sources line may name any of them; the
+    security archive lists `updates/main` for the `main/` directory); `binary-<arch>`
+    for these architectures and `binary-all` where apt fetches it;
+    `debian-installer/binary-<arch>` for the installer's; `i18n/Translation-en` (apt
+    fetches it by default).
     """
-    components = set(info.components)
+    components = set(info.components) | {c.rpartition("/")[2] for c in info.components}
+    # apt fetches binary-all only when Architectures names `all` (the security archive's
+    # does not) and the Release does not say the binary-<arch> indices repeat it.
+    binary_all = not info.binary_all_repeated and (
+        "all" in info.architectures or not info.architectures
+    )
     wanted: dict[str, list[ReleaseEntry]] = {}
     for name, entry in info.entries.items():
         match = _FRESH_INDEX.fullmatch(name)
         if match is None or match.group("component") not in components:
             continue
         arch = match.group("arch")
-        if arch is not None:
-            if match.group("installer"):
-                if arch not in installer_architectures:
-                    continue
-            elif arch != "all" and arch not in architectures:
-                continue
-        wanted.setdefault(match.group("index"), []).append(entry)
+        if match.group("installer"):
+            needed = arch in installer_architectures
+        elif arch is not None:
+            needed = binary_all if arch == "all" else arch in architectures
+        else:
+            needed = True  # i18n/Translation-en
+        if needed:
+            wanted.setdefault(match.group("index"), []).append(entry)
     return wanted

@@ -153,3 +153,25 @@ def test_a_fresh_update_needs_every_component_binary_all_and_translation_en() ->
         "main/debian-installer/binary-amd64/Packages",
         "updates/main/debian-installer/binary-amd64/Packages",
     }
+
+
+def test_the_security_archive_and_debian_suites_as_their_releases_say() -> None:
+    names = [
+        "main/binary-amd64/Packages.xz",
+        "main/binary-all/Packages.xz",
+        "main/i18n/Translation-en.xz",
+    ]
+    entries = {name: ReleaseEntry(name, SHA, 1) for name in names}
+    # The security archive: "Components: updates/main ...", no "all" in Architectures.
+    security = ReleaseInfo(
+        None, None, None, None, entries, ("updates/main", "updates/contrib"), ("amd64", "i386")
+    )
+    assert sorted(fresh_update_indices(security, {"amd64"}, set())) == [
+        "main/binary-amd64/Packages",
+        "main/i18n/Translation-en",
+    ]
+    # Debian's suites repeat arch-all packages in binary-<arch>; apt skips binary-all.
+    bookworm = ReleaseInfo(None, None, None, None, entries, ("main",), ("all", "amd64"), True, True)
+    assert "main/binary-all/Packages" not in fresh_update_indices(bookworm, {"amd64"}, set())
+    test_archive = ReleaseInfo(None, None, None, None, entries, ("main",), ("amd64", "all"))
+    assert "main/binary-all/Packages" in fresh_update_indices(test_archive, {"amd64"}, set())
