@@ -199,15 +199,23 @@ class Freezer:
                 releases[suite] = release
         # A suite of which only `Release` was recorded is a probe (d-i's mirror check):
         # nothing of it is installed, so nothing more of it is needed.
-        used = {s for s in releases if set(by_suite[s]) != {f"dists/{s}/Release"}}
-        self._complete_suites(upstream, {s: releases[s] for s in sorted(used)}, files)
+        used = {
+            s: releases[s] for s in sorted(releases) if set(by_suite[s]) != {f"dists/{s}/Release"}
+        }
+        # d-i reads the debian-installer index of one suite: the one whose index or images
+        # the recordings hold (any used suite when they hold only udebs).
+        installer_suites = {
+            s
+            for s in used
+            if any("/debian-installer/" in p or "/installer-" in p for p in by_suite[s])
+        } or set(used)
+        self._complete_suites(upstream, used, installer_suites, files)
         listings = PackagesListings(self, upstream, releases, single)
         if pool:
             self._plan_pool(upstream, pool, releases, listings)
         if self.installer == "complete":
-            self._complete_installer(
-                upstream, {s: releases[s] for s in sorted(used)}, listings, files
-            )
+            chosen = {s: info for s, info in used.items() if s in installer_suites}
+            self._complete_installer(upstream, chosen, listings, files)
 
     @staticmethod
     def _is_release_file(path: str) -> bool:
@@ -423,6 +431,7 @@ class Freezer:
         self,
         upstream: Upstream,
         used: dict[str, ReleaseInfo],
+        installer_suites: set[str],
         recorded: dict[str, set[tuple[str, int]]],
     ) -> None:
         """Add every index a fresh apt, debootstrap or d-i may fetch to update each used suite.
@@ -435,7 +444,8 @@ class Freezer:
         wanted: list[tuple[str, str, list[ReleaseEntry]]] = []
         for suite, info in used.items():
             architectures = self.architectures or {a for a in info.architectures if a != "all"}
-            indices = fresh_update_indices(info, architectures, self.installer_architectures)
+            installer = self.installer_architectures if suite in installer_suites else set()
+            indices = fresh_update_indices(info, architectures, installer)
             wanted += [(suite, index, indices[index]) for index in sorted(indices)]
         downloads = {
             entry.sha256: (self._index_paths(suite, used[suite], entry), entry.sha256, entry.size)

@@ -289,9 +289,11 @@ def test_a_suite_whose_indices_the_upstream_has_none_of_fails_the_freeze(
 
 def record_debian_installer(server: DebcacheServer, archive: Archive, recording: str) -> list[str]:
     """What d-i fetches for its chosen suite (the probes aside): Release, Release.gpg, the
-    debian-installer index, a udeb; and the netboot images its boot loader fetched."""
+    debian-installer index, a udeb; the netboot images its boot loader fetched; and the
+    updates suite's InRelease (apt-setup runs apt)."""
     suite = "dists/bookworm"
     paths = [
+        "dists/bookworm-updates/InRelease",
         f"{suite}/Release",
         f"{suite}/Release.gpg",
         f"{suite}/main/debian-installer/binary-amd64/Packages.xz",
@@ -316,8 +318,11 @@ def test_installer_complete_holds_every_udeb_of_the_frozen_installer_index(
     as_recorded = freeze_json(own_debcache, "di1")
     paths = {e["path"] for e in manifest_json(own_debcache, as_recorded["id"])["entries"]}
     assert set(recorded) <= paths and kernel_udeb not in paths
-    # A d-i of the same architecture that prefers another compression finds its index too.
+    # A d-i of the same architecture that prefers another compression finds its index too;
+    # d-i reads no other suite's installer index, apt the updates suite's Packages.
     assert "dists/bookworm/main/debian-installer/binary-amd64/Packages.gz" in paths
+    assert "dists/bookworm-updates/main/binary-amd64/Packages.xz" in paths
+    assert not any(p.startswith("dists/bookworm-updates/main/debian-installer/") for p in paths)
 
     # Never fetched by anyone: freeze fetches it, unless the mirror fails.
     kernel_url = f"/debian/{kernel_udeb}"
