@@ -197,6 +197,20 @@ class Freezer:
             release = self._plan_suite(upstream, suite, by_suite[suite], files)
             if release is not None:
                 releases[suite] = release
+        used, installer_suites = self._suites_in_use(releases, by_suite)
+        self._complete_suites(upstream, used, installer_suites, files)
+        listings = PackagesListings(self, upstream, releases, single)
+        if pool:
+            self._plan_pool(upstream, pool, releases, listings)
+        if self.installer == "complete":
+            chosen = {s: info for s, info in used.items() if s in installer_suites}
+            self._complete_installer(upstream, chosen, listings, files)
+
+    @staticmethod
+    def _suites_in_use(
+        releases: dict[str, ReleaseInfo], by_suite: dict[str, dict[str, tuple[str, int]]]
+    ) -> tuple[dict[str, ReleaseInfo], set[str]]:
+        """The suites an install used, and those whose debian-installer index it used."""
         # A suite of which only `Release` was recorded is a probe (d-i's mirror check):
         # nothing of it is installed, so nothing more of it is needed.
         used = {
@@ -209,13 +223,7 @@ class Freezer:
             for s in used
             if any("/debian-installer/" in p or "/installer-" in p for p in by_suite[s])
         } or set(used)
-        self._complete_suites(upstream, used, installer_suites, files)
-        listings = PackagesListings(self, upstream, releases, single)
-        if pool:
-            self._plan_pool(upstream, pool, releases, listings)
-        if self.installer == "complete":
-            chosen = {s: info for s, info in used.items() if s in installer_suites}
-            self._complete_installer(upstream, chosen, listings, files)
+        return used, installer_suites
 
     @staticmethod
     def _is_release_file(path: str) -> bool:
