@@ -10,18 +10,20 @@ udeb the frozen debian-installer index lists, for hosts with other hardware.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 from apt import AptRoot
-from archive_fixture import Archive, build_test_archive, point_release
-from debcache_server import DebcacheServer
+from archive_fixture import Archive, build_security_archive, build_test_archive, point_release
+from debcache_server import DebcacheServer, make_config, write_config_file
 from fake_mirror import FakeMirror, Fault
 from http_client import get, request
 from workflow import freeze_json, keyed_debcache_for, manifest_json, record_install, run
 
 from debcache import db as queries
+from debcache.config import Upstream
 from debcache.manifest import load_manifest
 
 SUITES = ("bookworm", "bookworm-updates")
@@ -282,6 +284,49 @@ def test_a_suite_whose_indices_the_upstream_has_none_of_fails_the_freeze(
         result.output
     )
     assert "[upstreams.debian] urls" in result.output and "bookworm/main" not in result.output
+
+
+def test_the_security_archive_is_completed_like_any_upstream(
+    lab_archive: Archive, tmp_path: Path
+) -> None:
+    security = build_security_archive(lab_archive.root)
+    keyring = security.key.keyring
+    with FakeMirror(lab_archive.root, validators=False) as mirror:
+        config = make_config(
+            tmp_path / "data", {"debian": [f"{mirror.url}/debian"]}, keyring=lab_archive.key.keyring
+        )
+        config.upstreams["debian-security"] = Upstream(
+            "debian-security",
+            (f"{mirror.url}/debian-security",),
+            keyring=keyring,
+            proxy_hosts=config.upstreams["debian"].proxy_hosts,
+        )
+        config = dataclasses.replace(config, upstreams=dict(config.upstreams))
+        server = DebcacheServer(config)
+        server.config_file = write_config_file(config, tmp_path / "debcache.toml")
+        with server:
+            security_line = f"deb [signed-by={keyring}] {{}}/debian-security bookworm-security main"
+            host = AptRoot(tmp_path / "warm-host")
+            host.write_sources([*sources(lab_archive, f"{mirror.url}/debian"),
+                                security_line.format(mirror.url)])  # fmt: skip
+            run_through(server, mirror, host, None)
+            run_through(server, mirror, host, "warm-run", "greet-sandbox")
+            recorded = {
+                r["path"] for r in server.fetches("warm-run") if r["path"].startswith("dists/")
+            }
+            assert recorded == {"dists/bookworm-security/InRelease"} | {
+                f"dists/{suite}/InRelease" for suite in SUITES
+            }
+            frozen = freeze_json(server, "warm-run", "--promote", "lab")
+            assert frozen["unverified"] == []
+            mirror.stop()
+            fresh = AptRoot(tmp_path / "fresh")
+            pin = f"{server.url}/pin/lab"
+            fresh.write_sources([*sources(lab_archive, f"{pin}/debian"), security_line.format(pin)])
+            update = fresh.update(options=WITH_TRANSLATIONS)
+            assert update.returncode == 0 and "Ign:" not in update.stdout, update.stdout
+            assert fresh.download("greet-sandbox").returncode == 0
+            assert fresh.downloaded() == host.downloaded()
 
 
 # --- --installer complete -------------------------------------------------------------
