@@ -102,10 +102,16 @@ def update_and_install_fresh(
     update = apt.update(options={**WITH_TRANSLATIONS, **options})
     assert update.returncode == 0, update.stdout + update.stderr
     assert "Ign:" not in update.stdout and "Err:" not in update.stdout, update.stdout
+    output = update.stdout
     if packages:
         result = apt.download(*packages, options={**WITH_TRANSLATIONS, **options})
         assert result.returncode == 0, result.stdout + result.stderr
-    pinned = [r for r in server.fetches()[rows_before:] if r["source"] == "pinned"]
+        output += result.stdout
+    # apt prints one "Get:" per file it received; their log rows are committed in groups.
+    served = output.count("\nGet:") + output.startswith("Get:")
+    pinned = server.wait_for_fetches(rows_before + served)[rows_before:]
+    pinned = [r for r in pinned if r["source"] == "pinned"]
+    assert len(pinned) == served
     assert pinned and all(r["status"] == 200 for r in pinned), [
         (r["path"], r["status"]) for r in pinned if r["status"] != 200
     ]
