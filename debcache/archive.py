@@ -181,6 +181,12 @@ class ReleaseInfo:
     suite: str | None
     codename: str | None
     entries: dict[str, ReleaseEntry]
+    components: tuple[str, ...] = ()
+    architectures: tuple[str, ...] = ()
+    by_hash: bool = False  # "Acquire-By-Hash: yes": apt asks for by-hash/SHA256/<digest>
+    # "No-Support-for-Architecture-all: Packages": arch-all packages are in every
+    # binary-<arch> as well, and apt does not fetch binary-all (Debian's suites say so).
+    binary_all_repeated: bool = False
 
     def by_sha256(self, sha256: str, directory: str) -> ReleaseEntry | None:
         """The entry of `directory` (e.g. main/binary-amd64) with this digest."""
@@ -203,6 +209,10 @@ def parse_release(verified: bytes) -> ReleaseInfo:
         release.get("Suite"),
         release.get("Codename"),
         entries,
+        tuple(release.get("Components", "").split()),
+        tuple(release.get("Architectures", "").split()),
+        release.get("Acquire-By-Hash", "").strip().lower() == "yes",
+        "Packages" in release.get("No-Support-for-Architecture-all", "").split(),
     )
 
 
@@ -268,3 +278,69 @@ def packages_stanzas(index_file: Path) -> Iterator[deb822.Deb822]:
     fields = ["Package", "Version", "Architecture", "Filename", "Size", "SHA256"]
     with open_decompressed(index_file) as f:
         yield from deb822.Deb822.iter_paragraphs(f, use_apt_pkg=False, fields=fields)
+
+
+# --- what a fresh client fetches of a suite -----------------------------------------
+
+COMPRESSION_SUFFIX = r"(\.(gz|xz|bz2|lzma|lz4|zst))?"
+_FRESH_INDEX = re.compile(
+    rf"(?P<index>(?P<component>.+?)/(?:(?P<installer>debian-installer/)?binary-(?P<arch>[^/]+)"
+    rf"/Packages|i18n/Translation-en)){COMPRESSION_SUFFIX}"
+)
+_ARCHITECTURE_IN_PATH = re.compile(r"/(?:binary|installer)-([a-z0-9-]+)/")
+_POOL_ARCHITECTURE = re.compile(r"_([a-z0-9-]+)\.(u?deb)\Z")
+
+
+def by_hash_path(name: str, sha256: str) -> str:
+    """The `by-hash/SHA256/<digest>` name apt asks for instead of `name` (same directory)."""
+    return f"{name.rpartition('/')[0]}/by-hash/SHA256/{sha256}"
+
+
+def host_architecture(path: str) -> tuple[str, bool] | None:
+    """(architecture, whether debian-installer used it) that fetching `path` shows, if any.
+
+    `all` shows no architecture: every host fetches arch-all packages.
+    """
+    if path.startswith("pool/"):
+        match = _POOL_ARCHITECTURE.search(path)
+        found = (match.group(1), match.group(2) == "udeb") if match else None
+    else:
+        match = _ARCHITECTURE_IN_PATH.search(path)
+        installer = "/installer-" in path or "/debian-installer/" in path
+        found = (match.group(1), installer) if match else None
+    return found if found and found[0] != "all" else None
+
+
+def fresh_update_indices(
+    info: ReleaseInfo, architectures: set[str], installer_architectures: set[str]
+) -> dict[str, list[ReleaseEntry]]:
+    """The indices of a suite that a fresh apt, debootstrap or d-i may fetch: uncompressed
+    name -> the Release entries of each of its compressions.
+
+    Every component the Release lists (a sources line may name any of them; the
+    security archive lists `updates/main` for the `main/` directory); `binary-<arch>`
+    for these architectures and `binary-all` where apt fetches it;
+    `debian-installer/binary-<arch>` for the installer's; `i18n/Translation-en` (apt
+    fetches it by default).
+    """
+    components = set(info.components) | {c.rpartition("/")[2] for c in info.components}
+    # apt fetches binary-all only when Architectures names `all` (the security archive's
+    # does not) and the Release does not say the binary-<arch> indices repeat it.
+    binary_all = not info.binary_all_repeated and (
+        "all" in info.architectures or not info.architectures
+    )
+    wanted: dict[str, list[ReleaseEntry]] = {}
+    for name, entry in info.entries.items():
+        match = _FRESH_INDEX.fullmatch(name)
+        if match is None or match.group("component") not in components:
+            continue
+        arch = match.group("arch")
+        if match.group("installer"):
+            needed = arch in installer_architectures
+        elif arch is not None:
+            needed = binary_all if arch == "all" else arch in architectures
+        else:
+            needed = True  # i18n/Translation-en
+        if needed:
+            wanted.setdefault(match.group("index"), []).append(entry)
+    return wanted

@@ -450,6 +450,14 @@ def show_recording(config: Config, name: str, as_json: bool) -> None:
 @click.option(
     "--strict", is_flag=True, help="Refuse recordings with failed fetches (404s, cut transfers)."
 )
+@click.option(
+    "--installer",
+    type=click.Choice(["recorded", "complete"]),
+    default="recorded",
+    show_default=True,
+    help="complete: also every udeb of the frozen debian-installer Packages of each "
+    "architecture recorded, so hosts with other hardware install from the pin.",
+)
 @json_option
 @pass_config
 def freeze_command(
@@ -459,6 +467,7 @@ def freeze_command(
     branch: str | None,
     allow_unverified: bool,
     strict: bool,
+    installer: str,
     as_json: bool,
 ) -> None:
     """Verify what recordings fetched and store it as an immutable manifest.
@@ -480,6 +489,7 @@ def freeze_command(
             label=label,
             allow_unverified=allow_unverified,
             strict=strict,
+            installer=installer,
             progress=progress,
         )
     summary = {
@@ -491,6 +501,7 @@ def freeze_command(
         "recordings": manifest.recordings,
         "unverified": manifest.unverified,
         "warnings": manifest.warnings,
+        "completed": len(manifest.completed),
     }
     if branch:
         promote(database, store, branch, manifest.id, note=f"freeze {' '.join(recording_names)}")
@@ -501,7 +512,9 @@ def freeze_command(
     state = "Froze" if created else "Already frozen as"
     click.echo(
         f"{state} manifest {manifest.short_id}: {len(manifest.entries)} files, "
-        f"{size(manifest.bytes)}."
+        f"{size(manifest.bytes)}"
+        + (f", {len(manifest.completed)} not recorded but completed" if manifest.completed else "")
+        + "."
     )
     if not created and label is not None:
         click.echo(f"Its label is now {label!r}.")
@@ -530,7 +543,10 @@ def list_manifests(config: Config, as_json: bool) -> None:
     rows = db.manifest_rows(database)
     if as_json:
         print_json(
-            [{k: v for k, v in r.items() if k not in ("releases", "unverified")} for r in rows]
+            [
+                {k: v for k, v in r.items() if k not in ("releases", "unverified", "completed")}
+                for r in rows
+            ]
         )
         return
     if not rows:
@@ -571,10 +587,25 @@ def show_manifest(config: Config, manifest_ref: str, as_json: bool) -> None:
     click.echo(f"from     {', '.join(manifest.recordings) or '-'}")
     for key, release in sorted(manifest.releases.items()):
         click.echo(f"release  {key}: {release.get('date')}")
+    completed = set(manifest.completed)
+    if completed:
+        click.echo(
+            f"completed {len(completed)} file(s) no recording fetched (FROM: completed), "
+            "for fresh installs"
+        )
     click.echo()
     print_table(
-        ["UPSTREAM", "PATH", "SHA256", "SIZE"],
-        [[e.upstream, e.path, e.sha256[:SHORT_ID], size(e.size)] for e in manifest.entries],
+        ["UPSTREAM", "PATH", "SHA256", "SIZE", "FROM"],
+        [
+            [
+                e.upstream,
+                e.path,
+                e.sha256[:SHORT_ID],
+                size(e.size),
+                "completed" if f"{e.upstream}/{e.path}" in completed else "recorded",
+            ]
+            for e in manifest.entries
+        ],
     )
 
 

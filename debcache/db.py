@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS manifests (
     files INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
     releases TEXT NOT NULL,      -- JSON: "upstream suite" -> {date, sha256, path}
-    unverified TEXT NOT NULL     -- JSON list of entries let in by --allow-unverified
+    unverified TEXT NOT NULL,    -- JSON list of entries let in by --allow-unverified
+    completed TEXT NOT NULL DEFAULT '[]'  -- JSON list of "upstream/path" no recording fetched
 );
 CREATE TABLE IF NOT EXISTS manifest_entries (
     manifest_id TEXT NOT NULL REFERENCES manifests (id),
@@ -121,11 +122,27 @@ def connect(path: Path) -> sqlite_utils.Database:
     return sqlite_utils.Database(conn)
 
 
+# Columns added after a release: (table, column, definition) for databases made before.
+ADDED_COLUMNS = (("manifests", "completed", "TEXT NOT NULL DEFAULT '[]'"),)
+
+
 def create_schema(path: Path) -> None:
     db = connect(path)
     db.enable_wal()
     db.conn.executescript(SCHEMA)
+    migrate(db)
     db.conn.close()
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    """Add the columns a database made by an older debcache lacks."""
+    for table, column, definition in ADDED_COLUMNS:
+        if column not in db[table].columns_dict:
+            try:
+                db.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 class Database:
@@ -375,9 +392,10 @@ def insert_manifest(db: sqlite_utils.Database, manifest: dict, entries: list[dic
     with db.conn:
         cursor = db.conn.execute(
             """INSERT OR IGNORE INTO manifests
-            (id, label, created, recordings, files, bytes, releases, unverified)
-            VALUES (:id, :label, :created, :recordings, :files, :bytes, :releases, :unverified)""",
-            manifest,
+            (id, label, created, recordings, files, bytes, releases, unverified, completed)
+            VALUES (:id, :label, :created, :recordings, :files, :bytes, :releases, :unverified,
+            :completed)""",
+            {"completed": "[]", **manifest},
         )
         if cursor.rowcount == 0:
             return False

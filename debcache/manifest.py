@@ -28,7 +28,10 @@ from .archive import (
     ReleaseEntry,
     ReleaseInfo,
     SignatureError,
+    by_hash_path,
     by_hash_sha256,
+    fresh_update_indices,
+    host_architecture,
     installer_images_dir,
     packages_stanzas,
     parse_archive_path,
@@ -42,11 +45,12 @@ from .config import NAME_PATTERN, Config, Upstream
 from .errors import BadRequest, DebcacheError, NotFound
 from .recording import FailedFetch, failed_fetches
 from .store import SHA256_PATTERN, FileStore
-from .upstream import create_session, download_blob, fetch_into_store
+from .upstream import DownloadFailure, create_session, download_blob, fetch_into_store
 
 LOCKFILE_FORMAT = "debcache-manifest/1"
 SHORT_ID = 12
 MAX_UNLISTED_SIZE = 1 << 20  # a Release.gpg is a few kB; nothing larger is fetched unlisted
+INSTALLER_CHOICES = ("recorded", "complete")
 
 
 class FreezeError(DebcacheError):
@@ -94,6 +98,8 @@ class Manifest:
     entries: list[Entry]
     releases: dict[str, dict] = field(default_factory=dict)
     unverified: list[str] = field(default_factory=list)
+    # "upstream/path" of files no recording fetched: what completeness added (DESIGN §4)
+    completed: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # freeze's, not stored
 
     @property
@@ -140,8 +146,15 @@ class Recorded:
 class Freezer:
     """Plans a manifest from recordings: what goes in, and what could not be verified."""
 
-    def __init__(self, config: Config, db: sqlite_utils.Database, store: FileStore) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: sqlite_utils.Database,
+        store: FileStore,
+        installer: str = "recorded",
+    ) -> None:
         self.config, self.db, self.store = config, db, store
+        self.installer = installer
         self.entries: dict[tuple[str, str], Entry] = {}
         self.problems: list[Problem] = []
         self.warnings: list[str] = []  # named in freeze's output; never fail it
@@ -150,8 +163,18 @@ class Freezer:
         # Verified Release texts by (upstream, sha256): the suite and its Release.gpg, if
         # any. `stable` and the like are symlinks on a mirror: identical bytes.
         self._verified_texts: dict[tuple[str, str], tuple[str, tuple[str, int] | None]] = {}
+        # The recorded hosts' architectures (all upstreams: it is a property of the host).
+        self.architectures: set[str] = set()
+        self.installer_architectures: set[str] = set()
 
     def plan(self, recorded: Recorded, progress: Callable[[int], None] | None = None) -> None:
+        for files in recorded.files.values():
+            for path in files:
+                found = host_architecture(path)
+                if found:
+                    self.architectures.add(found[0])
+                    if found[1]:
+                        self.installer_architectures.add(found[0])
         for upstream_name, files in sorted(recorded.files.items()):
             upstream = self.config.upstreams.get(upstream_name)
             if upstream is None:
@@ -189,8 +212,33 @@ class Freezer:
                 releases[suite] = release
         for suite in sorted(probes):  # after the suites used, whose Releases they may equal
             self._plan_probe(upstream, suite, by_suite[suite], files)
+        used, installer_suites = self._suites_in_use(releases, by_suite)
+        self._complete_suites(upstream, used, installer_suites, files)
+        listings = PackagesListings(self, upstream, releases, single)
         if pool:
-            self._plan_pool(upstream, pool, releases, single)
+            self._plan_pool(upstream, pool, releases, listings)
+        if self.installer == "complete":
+            chosen = {s: info for s, info in used.items() if s in installer_suites}
+            self._complete_installer(upstream, chosen, listings, files)
+
+    @staticmethod
+    def _suites_in_use(
+        releases: dict[str, ReleaseInfo], by_suite: dict[str, dict[str, tuple[str, int]]]
+    ) -> tuple[dict[str, ReleaseInfo], set[str]]:
+        """The suites an install used, and those whose debian-installer index it used."""
+        # A suite of which only `Release` was recorded is a probe (d-i's mirror check):
+        # nothing of it is installed, so nothing more of it is needed.
+        used = {
+            s: releases[s] for s in sorted(releases) if set(by_suite[s]) != {f"dists/{s}/Release"}
+        }
+        # d-i reads the debian-installer index of one suite: the one whose index or images
+        # the recordings hold (any used suite when they hold only udebs).
+        installer_suites = {
+            s
+            for s in used
+            if any("/debian-installer/" in p or "/installer-" in p for p in by_suite[s])
+        } or set(used)
+        return used, installer_suites
 
     @staticmethod
     def _is_release_file(path: str) -> bool:
@@ -436,7 +484,7 @@ class Freezer:
         upstream: Upstream,
         pool: dict[str, tuple[str, int]],
         releases: dict[str, ReleaseInfo],
-        recorded: dict[str, tuple[str, int]],
+        listings: PackagesListings,
     ) -> None:
         if not releases:
             for path in pool:
@@ -444,7 +492,6 @@ class Freezer:
                     upstream.name, path, "no Release of this upstream was recorded or cached"
                 )
             return
-        listings = PackagesListings(self, upstream, releases, recorded)
         for path, (sha256, size) in sorted(pool.items()):
             listing = listings.find(path)
             if listing is None:
@@ -455,19 +502,105 @@ class Freezer:
                     upstream.name, path, f"sha256 or size does not match {listing.index_path}"
                 )
             else:
-                self.add(
-                    Entry(
-                        upstream.name,
-                        path,
-                        sha256,
-                        size,
-                        listing.package,
-                        listing.version,
-                        listing.architecture,
-                        listing.suite,
-                    )
-                )
+                self.add(listing.entry(upstream.name))
                 listings.use(listing)
+
+    # Completeness (DESIGN.md §4): what any fresh client needs, not only what was recorded.
+    def _complete_suites(
+        self,
+        upstream: Upstream,
+        used: dict[str, ReleaseInfo],
+        installer_suites: set[str],
+        recorded: dict[str, set[tuple[str, int]]],
+    ) -> None:
+        """Add every index a fresh apt, debootstrap or d-i may fetch to update each used suite.
+
+        Each compression the Release lists, under its name and (with Acquire-By-Hash) its
+        by-hash name; from the store, else fetched now. A compression the upstream does
+        not have (404) is left out; any other failure is a problem.
+        A recorded path is planned as recorded: completing it would hide what went wrong.
+        """
+        wanted: list[tuple[str, str, list[ReleaseEntry]]] = []
+        for suite, info in used.items():
+            architectures = self.architectures or {a for a in info.architectures if a != "all"}
+            installer = self.installer_architectures if suite in installer_suites else set()
+            indices = fresh_update_indices(info, architectures, installer)
+            wanted += [(suite, index, indices[index]) for index in sorted(indices)]
+        downloads = {
+            entry.sha256: (self._index_paths(suite, used[suite], entry), entry.sha256, entry.size)
+            for suite, _, variants in wanted
+            for entry in variants
+            if not self.store.has(entry.sha256)
+        }
+        failures = self._fetch_all(upstream, list(downloads.values()))
+        arrived: set[str] = set()
+        for suite, _, variants in wanted:
+            for entry in variants:
+                failure = failures.get(entry.sha256)
+                if failure is None:
+                    arrived.add(suite)
+                    for path in self._index_paths(suite, used[suite], entry):
+                        if path not in recorded:
+                            self.add(Entry(upstream.name, path, entry.sha256, entry.size))
+                elif not failure.absent:
+                    self._problem(
+                        upstream.name,
+                        f"dists/{suite}/{entry.name}",
+                        f"a fresh apt-get update needs it; not cached, and fetching it failed "
+                        f"({failure})",
+                    )
+        # An index the upstream has in no compression (a partial mirror without contrib)
+        # no client could fetch either; but a suite of which it has none is a wrong URL.
+        for suite in sorted({suite for suite, _, _ in wanted} - arrived):
+            self._problem(
+                upstream.name,
+                f"dists/{suite}/",
+                "a fresh apt-get update needs its indices, but the upstream answered 404 for "
+                f"every one its Release lists (check [upstreams.{upstream.name}] urls)",
+            )
+
+    @staticmethod
+    def _index_paths(suite: str, info: ReleaseInfo, entry: ReleaseEntry) -> list[str]:
+        """The names apt may ask for: by-hash first (content-addressed, outlives a point
+        release on the mirror), then the plain name."""
+        plain = f"dists/{suite}/{entry.name}"
+        return [by_hash_path(plain, entry.sha256), plain] if info.by_hash else [plain]
+
+    def _complete_installer(
+        self,
+        upstream: Upstream,
+        used: dict[str, ReleaseInfo],
+        listings: PackagesListings,
+        recorded: dict[str, set[tuple[str, int]]],
+    ) -> None:
+        """--installer complete: every udeb of the frozen debian-installer Packages of each
+        architecture the recordings' installers used, so other hardware installs too."""
+        udebs = []
+        for suite, info in used.items():
+            indices = fresh_update_indices(info, set(), self.installer_architectures)
+            for index in sorted(i for i in indices if "/debian-installer/" in i):
+                directory = index.rpartition("/")[0]
+                udebs += [
+                    u for u in listings.listed_in(suite, directory) if u.pool_path not in recorded
+                ]
+        missing = {
+            u.sha256: ([u.pool_path], u.sha256, u.size)
+            for u in udebs
+            if not self.store.has(u.sha256)
+        }
+        failures = self._fetch_all(upstream, list(missing.values()))
+        for udeb in udebs:
+            failure = failures.get(udeb.sha256)
+            if failure is None:
+                self.add(udeb.entry(upstream.name))
+                listings.use(udeb)
+            else:
+                self._problem(
+                    upstream.name,
+                    udeb.pool_path,
+                    f"--installer complete needs it ({udeb.index_path} lists it); not cached, "
+                    f"and fetching it failed ({failure})",
+                )
 
     def _fetch(
         self, upstream: Upstream, path: str, listed: ReleaseEntry | None
@@ -478,24 +611,54 @@ class Freezer:
         `listed`: the verified Release's entry, which the body must match; None for a
         file no index lists (a detached signature, checked by gpgv afterwards).
         """
+        if listed is not None:
+            failure = self._fetch_all(upstream, [([path], listed.sha256, listed.size)]).get(
+                listed.sha256
+            )
+            if failure is None:
+                return listed.sha256, listed.size
+            self.fetch_failures[(upstream.name, path)] = failure
+            return None
 
-        async def fetch() -> tuple[str, int] | str:
+        async def fetch_unlisted() -> tuple[str, int] | DownloadFailure:
             async with create_session() as session:
                 urls = [upstream_url(base, path) for base in upstream.urls]
-                if listed is None:
-                    return await fetch_into_store(
-                        session, urls, self.store, max_size=MAX_UNLISTED_SIZE
-                    )
-                return await fetch_into_store(
-                    session, urls, self.store, sha256=listed.sha256, size=listed.size
-                )
+                return await fetch_into_store(session, urls, self.store, max_size=MAX_UNLISTED_SIZE)
 
         self.store.create_directories()
-        outcome = asyncio.run(fetch())
+        outcome = asyncio.run(fetch_unlisted())
         if isinstance(outcome, str):
             self.fetch_failures[(upstream.name, path)] = outcome
             return None
         return outcome
+
+    def _fetch_all(
+        self, upstream: Upstream, wanted: list[tuple[list[str], str, int]]
+    ) -> dict[str, DownloadFailure]:
+        """Fetch (paths to try, sha256, size) into the store, a few at a time; failures by sha256.
+
+        Only the hash and size decide, so any of the paths (or base URLs) may answer.
+        """
+        if not wanted:
+            return {}
+
+        async def fetch_all() -> dict[str, DownloadFailure]:
+            limit = asyncio.Semaphore(8)
+            failures: dict[str, DownloadFailure] = {}
+            async with create_session() as session:
+
+                async def fetch(paths: list[str], sha256: str, size: int) -> None:
+                    urls = [upstream_url(base, path) for path in paths for base in upstream.urls]
+                    async with limit:
+                        failure = await download_blob(session, urls, sha256, size, self.store)
+                    if failure is not None:
+                        failures[sha256] = failure
+
+                await asyncio.gather(*(fetch(*item) for item in wanted))
+            return failures
+
+        self.store.create_directories()
+        return asyncio.run(fetch_all())
 
     def add(self, entry: Entry) -> None:
         self.entries[entry.key] = entry
@@ -522,6 +685,19 @@ class Listing:
     suite: str
     index_path: str
     index: Entry
+    pool_path: str
+
+    def entry(self, upstream: str) -> Entry:
+        return Entry(
+            upstream,
+            self.pool_path,
+            self.sha256,
+            self.size,
+            self.package,
+            self.version,
+            self.architecture,
+            self.suite,
+        )
 
 
 class PackagesListings:
@@ -544,6 +720,7 @@ class PackagesListings:
         self._listings: dict[str, Listing] = {}
         self._used_directories: set[str] = set()
         self._directories: dict[str, list[str]] = {}
+        self._listed_in: dict[tuple[str, str], list[Listing]] = {}
 
     def find(self, pool_path: str) -> Listing | None:
         for suite, directory in self._directories_for(pool_path):
@@ -551,6 +728,11 @@ class PackagesListings:
                 break
             self._parse(suite, directory)
         return self._listings.get(pool_path)
+
+    def listed_in(self, suite: str, directory: str) -> list[Listing]:
+        """Every pool file the frozen Packages of `directory` (e.g. main/binary-amd64) lists."""
+        self._parse(suite, directory)
+        return self._listed_in.get((suite, directory), [])
 
     def use(self, listing: Listing) -> None:
         """Include the index that authenticated a pool file, and its recorded variants."""
@@ -602,11 +784,12 @@ class PackagesListings:
         if index is None:
             return
         blob = self.freezer.store.local_path(index.sha256)
+        listed = self._listed_in.setdefault((suite, directory), [])
         for stanza in packages_stanzas(blob):
             filename = stanza.get("Filename")
-            if not filename or filename in self._listings or not stanza.get("SHA256"):
+            if not filename or not stanza.get("SHA256"):
                 continue
-            self._listings[filename] = Listing(
+            listing = Listing(
                 stanza["SHA256"].lower(),
                 int(stanza.get("Size", "-1")),
                 stanza.get("Package", ""),
@@ -615,7 +798,10 @@ class PackagesListings:
                 suite,
                 index.path,
                 index,
+                filename,
             )
+            listed.append(listing)
+            self._listings.setdefault(filename, listing)
 
     def _available_index(self, suite: str, info: ReleaseInfo, directory: str) -> Entry | None:
         """A Packages variant of `directory` that the Release lists and the store holds."""
@@ -645,18 +831,25 @@ def plan_manifest(
     label: str | None = None,
     allow_unverified: bool = False,
     strict: bool = False,
+    installer: str = "recorded",
     progress: Callable[[int], None] | None = None,
 ) -> Manifest:
     """The manifest the recordings would freeze into; raises if a file can't be verified.
 
     strict: refuse recordings with failed fetches that a good install does not have.
+    installer "complete": also every udeb the frozen debian-installer Packages list.
     """
+    if installer not in INSTALLER_CHOICES:
+        raise BadRequest(
+            f"installer must be recorded or complete, not {installer!r}",
+            "use recorded (the default) or complete (every udeb of the installer's index)",
+        )
     recordings = sorted(set(recordings))
     check_recordings_exist(db, recordings)
     failures = [f for f in failed_fetches(db, recordings) if not f.expected]
     if strict and failures:
         raise FailedFetches(failures)
-    freezer = Freezer(config, db, store)
+    freezer = Freezer(config, db, store, installer)
     recorded = Recorded.load(db, recordings)
     if not recorded.files:
         raise FreezeError(
@@ -664,6 +857,12 @@ def plan_manifest(
             "record the install again; `debcache recordings show NAME` lists its failed fetches",
         )
     freezer.plan(recorded, progress)
+    if installer == "complete" and not freezer.installer_architectures:
+        raise FreezeError(
+            f"{recordings_named(recordings)} used no debian-installer (no udeb, installer "
+            "image or debian-installer index), so --installer complete has nothing to complete",
+            "freeze it together with a recorded d-i install, or without --installer complete",
+        )
     unverified = _unverified(freezer, recorded)
     if unverified and not allow_unverified:
         raise UnverifiableFiles(unverified)
@@ -678,6 +877,11 @@ def plan_manifest(
         problems = [Problem(e.upstream, e.path, "blob missing from store") for e in missing]
         raise UnverifiableFiles(problems)
     warnings = [f"{f}: a failed fetch, not in the manifest" for f in failures]
+    completed = [
+        f"{e.upstream}/{e.path}"
+        for e in entries
+        if e.path not in recorded.files.get(e.upstream, {})
+    ]
     return Manifest(
         manifest_id(entries),
         label,
@@ -686,6 +890,7 @@ def plan_manifest(
         entries,
         freezer.releases,
         [str(p) for p in unverified],
+        completed,
         warnings + freezer.warnings,
     )
 
@@ -790,6 +995,7 @@ def save_manifest(db: sqlite_utils.Database, manifest: Manifest) -> bool:
         "bytes": manifest.bytes,
         "releases": json.dumps(manifest.releases, sort_keys=True),
         "unverified": json.dumps(manifest.unverified),
+        "completed": json.dumps(manifest.completed),
     }
     return queries.insert_manifest(db, row, [asdict(e) for e in manifest.entries])
 
@@ -825,6 +1031,7 @@ def load_manifest(db: sqlite_utils.Database, manifest_id: str) -> Manifest:
         entries,
         json.loads(row["releases"]),
         json.loads(row["unverified"]),
+        json.loads(row["completed"]),
     )
 
 
@@ -841,6 +1048,7 @@ def export_lockfile(manifest: Manifest) -> dict:
         "recordings": manifest.recordings,
         "releases": manifest.releases,
         "unverified": manifest.unverified,
+        "completed": manifest.completed,
         "entries": [asdict(e) for e in manifest.entries],
     }
 
@@ -873,6 +1081,7 @@ def parse_lockfile(document: object, source: str) -> Manifest:
         sorted(entries, key=lambda e: e.key),
         dict(document.get("releases") or {}),
         [str(u) for u in document.get("unverified") or []],
+        [str(c) for c in document.get("completed") or []],
     )
 
 

@@ -138,6 +138,12 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int = 65536) -> 
         return b""
 
 
+class DownloadFailure(str):
+    """Why a download failed, as text; `absent` when every URL answered 404 or 410."""
+
+    absent: bool = False
+
+
 async def download_blob(
     session: aiohttp.ClientSession,
     urls: list[str],
@@ -145,7 +151,7 @@ async def download_blob(
     size: int | None,
     store: FileStore,
     timeout: float = 30.0,
-) -> str | None:
+) -> DownloadFailure | None:
     """Fetch a blob from the first URL that has it whole and right; None, or why it failed.
 
     `size` None: only the hash decides.
@@ -165,7 +171,7 @@ async def fetch_into_store(
     size: int | None = None,
     max_size: int | None = None,
     timeout: float = 30.0,
-) -> tuple[str, int] | str:
+) -> tuple[str, int] | DownloadFailure:
     """(sha256, size) of the blob stored from the first URL that has it whole, or why not.
 
     With `sha256` (and `size`) given, only a body that matches counts; without, any
@@ -173,6 +179,7 @@ async def fetch_into_store(
     index lists is checked by gpgv afterwards).
     """
     failures = []
+    absent = True
     client_timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=CONNECT_TIMEOUT, sock_read=timeout
     )
@@ -182,12 +189,15 @@ async def fetch_into_store(
             async with session.get(url, timeout=client_timeout) as response:
                 if response.status != 200:
                     failures.append(f"{url}: HTTP {response.status}")
+                    absent &= response.status in (404, 410)
                     continue
                 digest, received = await _save_body(response, temp, max_size)
             if max_size is not None and received > max_size:
+                absent = False
                 failures.append(f"{url}: larger than {max_size} bytes")
                 continue
             if (sha256 is not None and digest != sha256) or size not in (None, received):
+                absent = False
                 failures.append(
                     f"{url}: got sha256 {digest[:12]} ({received} bytes), "
                     f"not {(sha256 or '?')[:12]}"
@@ -197,10 +207,13 @@ async def fetch_into_store(
             await asyncio.to_thread(store.sync_directory, blob.parent)
             return digest, received
         except (aiohttp.ClientError, TimeoutError) as exc:
+            absent = False
             failures.append(f"{url}: {describe_failure(exc)}")
         finally:
             temp.unlink(missing_ok=True)
-    return "; ".join(failures) or "no URL to fetch it from"
+    failure = DownloadFailure("; ".join(failures) or "no URL to fetch it from")
+    failure.absent = absent and bool(failures)
+    return failure
 
 
 async def _save_body(

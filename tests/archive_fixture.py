@@ -89,6 +89,7 @@ costs well under a second (mostly gpg key generation and signing).
 from __future__ import annotations
 
 import atexit
+import bz2
 import gzip
 import hashlib
 import io
@@ -478,6 +479,7 @@ class Archive:
         signing_key: SigningKey | None = None,
         origin: str = "Debian",
         label: str = "Debian",
+        translations: bool = False,
     ) -> None:
         """Write pool files, indices, Release and signatures for suite (replacing dists/<suite>).
 
@@ -489,6 +491,9 @@ class Archive:
         makes apt refuse the suite ("is expired") unless Acquire::Check-Valid-Until=false.
         origin, label: the Release's ``Origin`` and ``Label`` (Debian-Security for the
         security archive).
+        translations: also ``<component>/i18n/Translation-en`` as Debian has it: listed in
+        Release, only ``.bz2`` on disk (with by-hash); apt fetches it unless
+        ``Acquire::Languages`` is ``none``.
         """
         unknown = set(signed_forms) - {"InRelease", "Release.gpg"}
         if unknown:
@@ -510,6 +515,8 @@ class Archive:
                 specs.append(udeb)
         published = [self._publish_package(suite, spec, components) for spec in specs]
         index_files = self._index_files(published, components, architectures, compressions)
+        if translations:
+            index_files += _translations(published, components)
         old_mtime = self._clear_suite(dists)
         # Index files must look newer than the ones they replace, or a client
         # sending If-Modified-Since within the same second would get a 304.
@@ -582,6 +589,7 @@ class Archive:
                 "signing_key": signing_key,
                 "origin": origin,
                 "label": label,
+                "translations": translations,
             },
         )
 
@@ -770,6 +778,26 @@ class Archive:
                 digest = _digest(algorithm, index.content)
                 lines.append(f" {digest} {len(index.content):>16} {index.path}")
         return ("\n".join(lines) + "\n").encode()
+
+
+def _translations(published: list[_Published], components: Sequence[str]) -> list[_IndexFile]:
+    files = []
+    for component in components:
+        stanzas = []
+        for package in sorted(published, key=lambda p: p.spec.name):
+            if package.spec.kind == "deb" and package.spec.component == component:
+                description = f"debcache test package {package.spec.name}\n"
+                stanzas.append(
+                    f"Package: {package.spec.name}\n"
+                    f"Description-md5: {hashlib.md5(description.encode()).hexdigest()}\n"
+                    f"Description-en: {description}\n"
+                )
+        content = "".join(stanzas).encode()
+        files.append(_IndexFile(f"{component}/i18n/Translation-en", content, on_disk=False))
+        files.append(
+            _IndexFile(f"{component}/i18n/Translation-en.bz2", bz2.compress(content), True)
+        )
+    return files
 
 
 def _listed_in(package_arch: str, index_arch: str, architectures: Sequence[str]) -> bool:

@@ -17,7 +17,9 @@ stand in for a proxy.
 
 Normal serving is deliberately plain: GET/HEAD by decoded path,
 ``Last-Modified`` from the file's mtime, ``If-Modified-Since`` answered with
-304, always ``application/octet-stream`` and never a ``Content-Encoding``
+304 (``FakeMirror(root, validators=False)``: neither, as the real mirrors in
+PROTOCOL-NOTES §8, so every revalidation gets the whole file back), always
+``application/octet-stream`` and never a ``Content-Encoding``
 (unlike ``web.FileResponse``, which would hand out ``Packages.gz`` for
 ``Packages``). ``Range`` is ignored: debcache never sends it upstream.
 """
@@ -110,8 +112,9 @@ class RecordedRequest:
 class FakeMirror:
     """Serves a directory on 127.0.0.1:<free port> from its own thread and aiohttp event loop."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, validators: bool = True) -> None:
         self.root = Path(root).absolute()
+        self.validators = validators
         self.port = 0
         self.url = ""
         self.requests: list[RecordedRequest] = []
@@ -298,8 +301,10 @@ class FakeMirror:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return web.Response(status=404, text=f"not found: {request.path}\n")
         headers = {"Last-Modified": email.utils.formatdate(stat.st_mtime, usegmt=True)}
+        if not self.validators:
+            headers = {}
         since = _parse_http_date(request.headers.get("If-Modified-Since"))
-        if since is not None and int(stat.st_mtime) <= since:
+        if self.validators and since is not None and int(stat.st_mtime) <= since:
             return web.Response(status=304, headers=headers)
         if request.method == "HEAD":
             # aiohttp sends no body for HEAD but would compute Content-Length

@@ -8,9 +8,13 @@ from hypothesis import strategies as st
 
 from debcache.archive import (
     PathKind,
+    ReleaseEntry,
+    ReleaseInfo,
     by_hash_sha256,
     classify_path,
     content_type_for,
+    fresh_update_indices,
+    host_architecture,
     is_packages_index,
     parse_archive_path,
     upstream_url,
@@ -83,3 +87,91 @@ def test_dot_segments_in_any_encoding_are_refused(parts: list[str]) -> None:
     except BadRequest:
         return
     assert ".." not in path.split("/") and "." not in path.split("/")
+
+
+# --- what a fresh client fetches (freeze's completeness rule) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "shows"),
+    [
+        ("pool/main/h/hello/hello_2.10-3_amd64.deb", ("amd64", False)),
+        ("pool/main/n/netcfg/netcfg_1.0_arm64.udeb", ("arm64", True)),
+        ("pool/main/g/greet-data/greet-data_2.10-3_all.deb", None),
+        ("dists/bookworm/main/binary-i386/Packages.xz", ("i386", False)),
+        ("dists/bookworm/main/binary-all/Packages.xz", None),
+        ("dists/bookworm/main/debian-installer/binary-amd64/Packages.xz", ("amd64", True)),
+        ("dists/bookworm/main/installer-amd64/current/images/SHA256SUMS", ("amd64", True)),
+        ("dists/bookworm/InRelease", None),
+        ("dists/bookworm/main/i18n/Translation-en.bz2", None),
+    ],
+)
+def test_the_architecture_a_fetched_path_shows(path: str, shows: tuple | None) -> None:
+    assert host_architecture(path) == shows
+
+
+def debian_release(components: str, names: list[str]) -> ReleaseInfo:
+    entries = {name: ReleaseEntry(name, SHA, 1) for name in names}
+    return ReleaseInfo(None, None, None, None, entries, tuple(components.split()), ())
+
+
+def test_a_fresh_update_needs_every_component_binary_all_and_translation_en() -> None:
+    names = [
+        f"{component}/{index}"
+        for component in ("main", "contrib", "updates/main")
+        for index in (
+            "binary-amd64/Packages",
+            "binary-amd64/Packages.xz",
+            "binary-amd64/Packages.gz",
+            "binary-arm64/Packages.xz",
+            "binary-all/Packages.xz",
+            "binary-amd64/Release",
+            "debian-installer/binary-amd64/Packages.xz",
+            "debian-installer/binary-arm64/Packages.xz",
+            "i18n/Translation-en",
+            "i18n/Translation-en.bz2",
+            "i18n/Translation-de.bz2",
+            "Contents-amd64.gz",
+            "dep11/Components-amd64.yml.xz",
+            "binary-amd64/Packages.diff/Index",
+        )
+    ]
+    info = debian_release("main updates/main", names)
+    wanted = fresh_update_indices(info, {"amd64"}, set())
+    assert sorted(wanted) == [
+        f"{component}/{index}"
+        for component in ("main", "updates/main")
+        for index in ("binary-all/Packages", "binary-amd64/Packages", "i18n/Translation-en")
+    ]
+    assert [e.name for e in wanted["main/binary-amd64/Packages"]] == [
+        "main/binary-amd64/Packages",
+        "main/binary-amd64/Packages.xz",
+        "main/binary-amd64/Packages.gz",
+    ]
+    with_installer = fresh_update_indices(info, {"amd64"}, {"amd64"})
+    assert set(with_installer) - set(wanted) == {
+        "main/debian-installer/binary-amd64/Packages",
+        "updates/main/debian-installer/binary-amd64/Packages",
+    }
+
+
+def test_the_security_archive_and_debian_suites_as_their_releases_say() -> None:
+    names = [
+        "main/binary-amd64/Packages.xz",
+        "main/binary-all/Packages.xz",
+        "main/i18n/Translation-en.xz",
+    ]
+    entries = {name: ReleaseEntry(name, SHA, 1) for name in names}
+    # The security archive: "Components: updates/main ...", no "all" in Architectures.
+    security = ReleaseInfo(
+        None, None, None, None, entries, ("updates/main", "updates/contrib"), ("amd64", "i386")
+    )
+    assert sorted(fresh_update_indices(security, {"amd64"}, set())) == [
+        "main/binary-amd64/Packages",
+        "main/i18n/Translation-en",
+    ]
+    # Debian's suites repeat arch-all packages in binary-<arch>; apt skips binary-all.
+    bookworm = ReleaseInfo(None, None, None, None, entries, ("main",), ("all", "amd64"), True, True)
+    assert "main/binary-all/Packages" not in fresh_update_indices(bookworm, {"amd64"}, set())
+    test_archive = ReleaseInfo(None, None, None, None, entries, ("main",), ("amd64", "all"))
+    assert "main/binary-all/Packages" in fresh_update_indices(test_archive, {"amd64"}, set())

@@ -150,7 +150,10 @@ async def manifests(request: web.Request) -> web.Response:
     """Manifests: id, label, created, files, bytes."""
     rows = await _run(request, lambda c, db, s: queries.manifest_rows(db))
     return _json(
-        [{k: v for k, v in r.items() if k not in ("releases", "unverified")} for r in rows]
+        [
+            {k: v for k, v in r.items() if k not in ("releases", "unverified", "completed")}
+            for r in rows
+        ]
     )
 
 
@@ -194,7 +197,8 @@ async def difference(request: web.Request) -> web.Response:
 
 
 async def freeze_recordings(request: web.Request) -> web.Response:
-    """Freeze recordings: {"recordings": [...], "label", "promote", "allow_unverified", ...}."""
+    """Freeze recordings: {"recordings": [...], "label", "promote", "allow_unverified",
+    "strict", "installer": "recorded" or "complete"}."""
     check_may_change(request)
     body = await _body(request)
     names = body.get("recordings")
@@ -210,6 +214,7 @@ async def freeze_recordings(request: web.Request) -> web.Response:
             label=body.get("label"),
             allow_unverified=bool(body.get("allow_unverified")),
             strict=bool(body.get("strict")),
+            installer=str(body.get("installer") or "recorded"),
         )
         if body.get("promote"):
             promote(db, store, str(body["promote"]), made.id, note=f"freeze {' '.join(names)}")
@@ -221,6 +226,7 @@ async def freeze_recordings(request: web.Request) -> web.Response:
             "created": created,
             "unverified": made.unverified,
             "warnings": made.warnings,
+            "completed": len(made.completed),
         }
 
     return _json(await _run(request, operation))
