@@ -13,6 +13,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from benchmarks.processes import low_free_port, spawn, wait_port
@@ -63,10 +64,14 @@ async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, paced
             writer.close()
 
 
-def forward_to(target: int):
+def forward_to(
+    target: int,
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     """A connection handler that relays to 127.0.0.1:target, pacing what comes back."""
 
-    async def handle(client_reader, client_writer) -> None:
+    async def handle(
+        client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
         try:
             server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target)
         except OSError:

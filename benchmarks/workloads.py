@@ -42,7 +42,9 @@ class Bench:
     report: Report
     profiler: Profiler
 
-    def profiled(self, system: System, phase: str, wanted: bool = True):
+    def profiled(
+        self, system: System, phase: str, wanted: bool = True
+    ) -> contextlib.AbstractContextManager[None]:
         """py-spy on debcache's process during a phase, with --profile."""
         if wanted and system.profiled:
             return self.profiler.attach(f"{system.name}-{phase}", system.pid)
@@ -55,7 +57,7 @@ class Bench:
             self.report.note(f"{system.name}: {what} failures {stats.failures}")
 
 
-def warm(bench: Bench, system: System, concurrencies=(1, 16, 64)) -> None:
+def warm(bench: Bench, system: System, concurrencies: tuple[int, ...] = (1, 16, 64)) -> None:
     """wrk over every pool file, already fetched once, at each concurrency."""
     bench.prefetch(system, bench.fx.pool, "warm-up fetch")
     for connections in concurrencies:
@@ -237,7 +239,9 @@ def rss(bench: Bench, system: System) -> None:
 # --- debcache's own: recording, freeze, pinned -----------------------------------------
 
 
-def wait_rows(bench: Bench, debcache: Debcache, recording: str, count: int, deadline: float = 60):
+def wait_rows(
+    bench: Bench, debcache: Debcache, recording: str, count: int, deadline: float = 60
+) -> None:
     """Until the server committed `count` complete rows of a recording; a note if it didn't."""
     try:
         wait_until(
