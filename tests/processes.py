@@ -1,5 +1,5 @@
 """The real `debcache serve` as a subprocess, for tests of the command itself (signals,
-kill -9, start-up errors), and waiting on a condition with a deadline."""
+kill -9, start-up errors) and for the benchmarks, and waiting on a condition with a deadline."""
 
 from __future__ import annotations
 
@@ -27,11 +27,20 @@ def wait_until(condition: Callable[[], object], what: str, deadline: float = 20)
         time.sleep(0.02)
 
 
+def serve_command(config: Path) -> list[str]:
+    """`python -m debcache --config CONFIG serve` with this interpreter."""
+    return [sys.executable, "-m", "debcache", "--config", str(config), "serve"]
+
+
 def start_serve(config: Path, port: int, **popen_options) -> subprocess.Popen:
     """`python -m debcache --config CONFIG serve`, once /_/health answers."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "debcache", "--config", str(config), "serve"], **popen_options
-    )
+    process = subprocess.Popen(serve_command(config), **popen_options)
+    wait_healthy(process, port)
+    return process
+
+
+def wait_healthy(process: subprocess.Popen, port: int) -> None:
+    """Until the `debcache serve` in `process` answers /_/health; RuntimeError if it exits."""
 
     def healthy() -> bool:
         if process.poll() is not None:
@@ -43,4 +52,3 @@ def start_serve(config: Path, port: int, **popen_options) -> subprocess.Popen:
             return False
 
     wait_until(healthy, "debcache serve to answer /_/health")
-    return process
