@@ -25,7 +25,13 @@ from click import ParameterSource
 
 from . import db
 from .branches import Change, check_branch_name, current_manifest_id, promote, rollback
-from .config import Config, default_data_dir, load_config, parse_listen_address
+from .config import (
+    Config,
+    default_data_dir,
+    load_config,
+    parse_listen_address,
+    url_problem,
+)
 from .diff import diff, load_side
 from .errors import BadRequest, ConfigError, DebcacheError
 from .lifecycle import collect_garbage, verify_store
@@ -672,6 +678,8 @@ def import_manifest_command(config: Config, lockfile: Path, source_url: str | No
         raise BadRequest(
             f"{lockfile}: not JSON ({exc})", "pass a file from `manifests export`"
         ) from None
+    if source_url:
+        check_peer_url(source_url)
     manifest = parse_lockfile(document, str(lockfile))
     create_data_dir(config)
     db.create_schema(config.data_dir / "debcache.db")
@@ -689,6 +697,20 @@ def import_manifest_command(config: Config, lockfile: Path, source_url: str | No
     else:
         click.echo(f"Manifest {short_id} was already known, with all {files} files stored.")
     click.echo(f"Pin it with: debcache promote BRANCH {short_id}")
+
+
+def check_peer_url(url: str) -> None:
+    """`--from` names another debcache by its http:// URL; say so before fetching anything."""
+    if not url_problem(url):
+        return
+    bare = url.partition("://")[2] if "://" in url else url
+    fixed = f"http://{bare}" if parse_listen_address(bare.rstrip("/")) else None
+    raise ConfigError(
+        f"--from {url!r} is not the http:// URL of a debcache",
+        f"write --from {fixed}"
+        if fixed
+        else "write --from http://HOST:PORT, e.g. http://cache-a:3142",
+    )
 
 
 # --- branches -------------------------------------------------------------------------

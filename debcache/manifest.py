@@ -973,10 +973,15 @@ async def _fetch_blobs(
 
 def _blob_urls(config: Config, manifest_id: str, entry: Entry, source_url: str | None) -> list[str]:
     if source_url:
-        base = f"{source_url.rstrip('/')}/manifest/{manifest_id}/{entry.upstream}"
-        return [upstream_url(base, entry.path)]
+        return [_peer_url(source_url, manifest_id, entry)]
     upstream = config.upstreams.get(entry.upstream)
     return [upstream_url(base, entry.path) for base in upstream.urls] if upstream else []
+
+
+def _peer_url(source_url: str, manifest_id: str, entry: Entry) -> str:
+    """Where another debcache serves `entry` of a manifest it holds."""
+    base = f"{source_url.rstrip('/')}/manifest/{manifest_id}/{entry.upstream}"
+    return upstream_url(base, entry.path)
 
 
 def import_failure(
@@ -984,21 +989,20 @@ def import_failure(
 ) -> ImportFailed:
     """One line: how many failed, the first reason (its URL names the file), the remedy."""
     entry, why = failures[0]
+    if source_url:  # the peer is named once; the first file by its upstream and path
+        why = why.removeprefix(f"{_peer_url(source_url, manifest.id, entry)}: ")
+        return ImportFailed(
+            f"{len(failures)} of {wanted} files of manifest {manifest.short_id} could not be "
+            f"fetched from {source_url}; the first, {entry.upstream}/{entry.path}: {why}",
+            "nothing was imported; check that it is a debcache that holds this manifest, "
+            "or import without --from to fetch from the upstreams",
+        )
     first = (
         why if why.startswith(("http://", "https://")) else f"{entry.upstream}/{entry.path}: {why}"
     )
-    if source_url:
-        remedy = (
-            f"nothing was imported; check that {source_url} is a debcache that serves the "
-            "manifest, or import without --from to fetch from the upstreams"
-        )
-    else:
-        remedy = (
-            "nothing was imported; check that the upstreams are reachable and still have "
-            "these files, or import --from a debcache that has them"
-        )
     return ImportFailed(
         f"{len(failures)} of {wanted} files of manifest {manifest.short_id} could not be "
         f"fetched; the first, {first}",
-        remedy,
+        "nothing was imported; check that the upstreams are reachable and still have "
+        "these files, or import --from a debcache that has them",
     )

@@ -246,16 +246,18 @@ def test_piped_into_head_it_stops_quietly_with_the_status_of_sigpipe(tmp_path: P
     assert result.stderr == f"{128 + signal.SIGPIPE}\n"
 
 
-def test_an_import_from_an_unreachable_site_fails_in_one_line(tmp_path: Path) -> None:
-    entries = [
-        Entry("debian", f"pool/main/p/pkg{n}/pkg{n}_1.0-1_amd64.deb", f"{n + 1:064x}", 10)
-        for n in range(3)
-    ]
-    manifest = manifest_id(entries)
+IMPORT_ENTRIES = [
+    Entry("debian", f"pool/main/p/pkg{n}/pkg{n}_1.0-1_amd64.deb", f"{n + 1:064x}", 10)
+    for n in range(3)
+]
+
+
+def import_from(tmp_path: Path, site: str) -> tuple[str, str]:
+    """`manifests import LOCK --from SITE` of a manifest of IMPORT_ENTRIES: (id, output)."""
+    manifest = manifest_id(IMPORT_ENTRIES)
     lockfile = tmp_path / "lock.json"
-    document = {"format": LOCKFILE_FORMAT, "id": manifest, "entries": [asdict(e) for e in entries]}
-    lockfile.write_text(json.dumps(document))
-    site = f"http://127.0.0.1:{free_port()}"
+    entries = [asdict(e) for e in IMPORT_ENTRIES]
+    lockfile.write_text(json.dumps({"format": LOCKFILE_FORMAT, "id": manifest, "entries": entries}))
     config = tmp_path / "debcache.toml"
     config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n')
     result = CliRunner().invoke(
@@ -263,17 +265,49 @@ def test_an_import_from_an_unreachable_site_fails_in_one_line(tmp_path: Path) ->
         ["--config", str(config), "manifests", "import", str(lockfile), "--from", site],
         env=cli_env(),
     )
-    first = f"{site}/manifest/{manifest}/debian/{entries[0].path}"
     assert result.exit_code == 1
-    assert result.output.startswith(
-        f"Error: 3 of 3 files of manifest {manifest[:12]} could not be fetched; the first, "
-        f"{first}: Cannot connect to host 127.0.0.1:"
+    return manifest, result.output
+
+
+def test_an_import_from_an_unreachable_site_fails_in_one_line(tmp_path: Path) -> None:
+    site = f"http://127.0.0.1:{free_port()}"
+    manifest, output = import_from(tmp_path, site)
+    assert output.startswith(
+        f"Error: 3 of 3 files of manifest {manifest[:12]} could not be fetched from {site}; "
+        f"the first, debian/{IMPORT_ENTRIES[0].path}: Cannot connect to host 127.0.0.1:"
     )
-    assert result.output.endswith(
-        f". Nothing was imported; check that {site} is a debcache that serves "
-        "the manifest, or import without --from to fetch from the upstreams.\n"
+    assert output.endswith(
+        ". Nothing was imported; check that it is a debcache that holds this manifest, "
+        "or import without --from to fetch from the upstreams.\n"
     )
-    assert result.output.count("\n") == 1 and result.output.count(site) == 2
+    assert output.count("\n") == 1 and output.count(site) == 1
+
+
+def test_an_import_from_a_debcache_without_the_files_names_it_once(
+    tmp_path: Path, debcache: DebcacheServer
+) -> None:
+    manifest, output = import_from(tmp_path, debcache.url)
+    assert output == (
+        f"Error: 3 of 3 files of manifest {manifest[:12]} could not be fetched from "
+        f"{debcache.url}; the first, debian/{IMPORT_ENTRIES[0].path}: HTTP 404. Nothing was "
+        "imported; check that it is a debcache that holds this manifest, or import without "
+        "--from to fetch from the upstreams.\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("site", "remedy"),
+    [
+        ("127.0.0.1:18111", "Write --from http://127.0.0.1:18111."),
+        ("ftp://x", "Write --from http://HOST:PORT, e.g. http://cache-a:3142."),
+    ],
+)
+def test_an_import_from_a_url_that_is_no_http_url_is_refused_first(
+    tmp_path: Path, site: str, remedy: str
+) -> None:
+    _, output = import_from(tmp_path, site)
+    assert output == f"Error: --from {site!r} is not the http:// URL of a debcache. {remedy}\n"
+    assert not (tmp_path / "data").exists()
 
 
 def test_a_database_this_user_cannot_open_is_one_line(tmp_path: Path) -> None:
