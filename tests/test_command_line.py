@@ -356,6 +356,8 @@ def test_a_database_this_user_cannot_open_is_one_line(tmp_path: Path) -> None:
         ),
         ("xen-4.19: no such branch", "", "xen-4.19: no such branch."),
         ("cafe1234 is ambiguous", "", "cafe1234 is ambiguous."),
+        ("deadbeef does not verify", "", "deadbeef does not verify."),
+        ("added files", "", "Added files."),
         ("cannot listen", "pass --listen", "Cannot listen. Pass --listen."),
         ("the manifest is gone", "", "The manifest is gone."),
     ],
@@ -393,6 +395,44 @@ def test_http_errors_keep_the_names_they_start_with(keyed_debcache: DebcacheServ
         404,
         f"debian/{HELLO} is not in manifest {manifest[:12]}. "
         "Manifests never change; freeze a new one that includes it.\n",
+    )
+
+
+def test_an_unknown_upstream_in_a_pin_is_named_with_the_manifests_upstreams(
+    keyed_debcache: DebcacheServer,
+) -> None:
+    recorded = request(keyed_debcache.url, "/record/run-1/debian/dists/bookworm/InRelease")
+    assert recorded.status == 200
+    keyed_debcache.wait_for_fetches(1, recording="run-1")
+    frozen = run(keyed_debcache, "freeze", "run-1", "--json", "--promote", "main")
+    assert frozen.exit_code == 0, frozen.output
+    manifest = json.loads(frozen.output)["id"]
+    unknown = request(keyed_debcache.url, "/pin/main/nosuch/README")
+    assert (unknown.status, unknown.body.decode()) == (
+        404,
+        f"No upstream named 'nosuch' in manifest {manifest[:12]}, which holds files of debian. "
+        "Write /pin/main/debian/README.\n",
+    )
+    by_id = request(keyed_debcache.url, f"/manifest/{manifest}/nosuch/README")
+    assert (by_id.status, by_id.body.decode()) == (
+        404,
+        f"No upstream named 'nosuch' in manifest {manifest[:12]}, which holds files of debian. "
+        f"Write /manifest/{manifest}/debian/README.\n",
+    )
+
+
+def test_an_unknown_branch_is_named_in_the_remedy(keyed_debcache: DebcacheServer) -> None:
+    pinned = request(keyed_debcache.url, "/pin/main/debian/README")
+    assert (pinned.status, pinned.body.decode()) == (
+        404,
+        "No branch named 'main' (branches: none). "
+        "Promote a manifest to it with `debcache promote main MANIFEST`.\n",
+    )
+    logged = run(keyed_debcache, "log", "main")
+    assert (logged.exit_code, logged.output) == (
+        1,
+        "Error: No branch named 'main' (branches: none). "
+        "Create it with `debcache promote main MANIFEST`.\n",
     )
 
 
