@@ -83,7 +83,7 @@ class PinnedFiles:
             download.cancel()
         self._loop_db.conn.close()
 
-    async def resolve_pinned(self, branch: str, upstream: str, path: str) -> PinnedFile:
+    def _branch_row(self, branch: str) -> dict:
         row = queries.branch_row(self._loop_db, branch)
         if row is None:
             names = [r["name"] for r in queries.branch_rows(self._loop_db)]
@@ -91,6 +91,19 @@ class PinnedFiles:
                 f"no branch named {branch!r} (branches: {', '.join(names) or 'none'})",
                 f"promote a manifest to it with `debcache promote {branch} MANIFEST`",
             )
+        return row
+
+    async def pinned_suites(self, branch: str, upstream: str) -> tuple[str, list[str]]:
+        """The manifest `branch` serves and the suites of `upstream` frozen in it."""
+        current = self._branch_row(branch)["manifest_id"]
+        await self._check_upstream_in(current, upstream, "", f"/pin/{branch}/")
+        row = queries.manifest_row(self._loop_db, current)
+        releases = json.loads(row["releases"]) if row and row["releases"] else {}
+        suites = sorted(key.split(" ", 1)[1] for key in releases if key.startswith(f"{upstream} "))
+        return current, suites
+
+    async def resolve_pinned(self, branch: str, upstream: str, path: str) -> PinnedFile:
+        row = self._branch_row(branch)
         current = row["manifest_id"]
         options = self.config.branches.get(branch)
         located = suite_of(path)

@@ -28,7 +28,7 @@ from ..upstream import UpstreamClient, create_session
 from . import admin, api
 from .keys import CACHE, CONFIG, DATABASE, FETCH_LOG, METRICS, PINNED
 from .live import addressed_to_this_server, forwarded_upstream, is_absolute_form, serve_live
-from .pinned import serve_manifest, serve_pinned
+from .pinned import pinned_root, serve_manifest, serve_pinned
 from .responses import SOURCE_HEADER
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,11 @@ def create_app(config: Config) -> web.Application:
     # must reach the handlers, which answer it, not fall through the router.
     app.router.add_route("*", "/_", admin.unknown_page)
     app.router.add_route("*", r"/_/{tail:[\s\S]*}", admin.unknown_page)
+    # The roots of the mirrors the front page links to answer how to use them.
+    app.router.add_get(r"/pin/{branch:[^/]+}/{upstream:[^/]+}/", pinned_root)
     app.router.add_get(r"/pin/{tail:[\s\S]+}", serve_pinned)
     app.router.add_get(r"/manifest/{tail:[\s\S]+}", serve_manifest)
+    app.router.add_get(r"/{upstream:[^/]+}/", admin.mirror_root)
     app.router.add_get(r"/{tail:[\s\S]+}", serve_live)
     return app
 
