@@ -145,6 +145,7 @@ class Freezer:
         self.entries: dict[tuple[str, str], Entry] = {}
         self.problems: list[Problem] = []
         self.warnings: list[str] = []  # named in freeze's output; never fail it
+        self.unverified_probes: list[Problem] = []  # left out, or in with --allow-unverified
         self.fetch_failures: dict[tuple[str, str], str] = {}  # why _fetch found nothing
         self.releases: dict[str, dict] = {}
         # Verified Release texts by (upstream, sha256): the suite and its Release.gpg, if
@@ -206,7 +207,8 @@ class Freezer:
     ) -> None:
         """A Release of a suite the install used nothing else of: debian-installer's mirror
         check asks for every suite name it knows. Verified, it goes in, so the pin answers
-        as the mirror did; unverifiable, it is named and left out (d-i skips a 404)."""
+        as the mirror did; unverifiable, it is named and left out (d-i skips a 404), or
+        goes in marked unverified with --allow-unverified (plan_manifest decides)."""
         path = f"dists/{suite}/Release"
         if len(all_recorded[path]) > 1:
             self.warnings.append(
@@ -215,8 +217,7 @@ class Freezer:
             return
         before = len(self.problems)
         self._plan_suite(upstream, suite, recorded, all_recorded)
-        for problem in self.problems[before:]:
-            self.warnings.append(f"{problem}; a suite probe, left out")
+        self.unverified_probes += self.problems[before:]
         del self.problems[before:]
 
     def _plan_suite(
@@ -667,6 +668,9 @@ def plan_manifest(
     unverified = _unverified(freezer, recorded)
     if unverified and not allow_unverified:
         raise UnverifiableFiles(unverified)
+    probes_left_out = [] if allow_unverified else freezer.unverified_probes
+    if allow_unverified:  # the flag's promise: every recorded file in, marked unverified
+        unverified += freezer.unverified_probes
     for problem in unverified:
         versions = recorded.files.get(problem.upstream, {}).get(problem.path, set())
         if len(versions) == 1 and problem.key not in freezer.entries:
@@ -678,6 +682,7 @@ def plan_manifest(
         problems = [Problem(e.upstream, e.path, "blob missing from store") for e in missing]
         raise UnverifiableFiles(problems)
     warnings = [f"{f}: a failed fetch, not in the manifest" for f in failures]
+    warnings += [f"{p}; a suite probe, left out" for p in probes_left_out]
     return Manifest(
         manifest_id(entries),
         label,
