@@ -146,6 +146,8 @@ def test_readme_install_serves_on_fresh_debian_again_and_after_a_pull(
     assert "creating the virtual environment /opt/debcache" in output
     command = fresh_debian.path("/usr/local/bin/debcache")
     assert os.readlink(command) == "/opt/debcache/bin/debcache"
+    for documentation in unit_documentation_files():
+        assert fresh_debian.path(documentation).is_file(), documentation
 
     # `git pull` brought a change: the same command installs it over the old copy.
     pulled = "PULLED = True  # a commit the user pulled\n"
@@ -172,6 +174,22 @@ def test_readme_test_command_runs_the_tests_on_fresh_debian(
         stop(process)
     assert returncode == 0, tail(log)
     assert re.search(r"^\d+ passed", log.read_text(), re.MULTILINE), tail(log)
+
+
+def unit_documentation_files() -> list[str]:
+    """The local files that systemd/debcache.service's Documentation= names."""
+    unit = (REPOSITORY / "systemd" / "debcache.service").read_text()
+    urls = [u for line in unit.splitlines() if line.startswith("Documentation=")
+            for u in line.removeprefix("Documentation=").split()]  # fmt: skip
+    assert urls, "the unit has no Documentation="
+    return [u.removeprefix("file://") for u in urls if u.startswith("file://")]
+
+
+def test_the_units_documentation_is_a_file_install_sh_installs() -> None:
+    install = (REPOSITORY / "install.sh").read_text()
+    installed = re.search(r"^documentation=(\S+)", install, re.MULTILINE)
+    assert installed and 'install -D -m 644 README.md "$documentation/README.md"' in install
+    assert unit_documentation_files() == [f"{installed.group(1)}/README.md"]
 
 
 def test_ci_runs_the_readme_test_command_exactly() -> None:
