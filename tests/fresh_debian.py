@@ -151,10 +151,18 @@ class MountNamespace:
 
     def __init__(self) -> None:
         self._holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", "read _ || true"],
+            ["unshare", "--mount", "--propagation", "private",
+             "sh", "-c", "echo ready && read _ || true"],
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             env={**os.environ, "PATH": HOST_PATH},
-        )
+        )  # fmt: skip
+        # Until sh runs, the namespace may not exist or not be private yet: an nsenter
+        # then would mount on the host.
+        assert self._holder.stdout is not None
+        ready = self._holder.stdout.readline()
+        if ready != b"ready\n":
+            raise AssertionError(f"unshare --mount failed (exit {self._holder.wait()})")
 
     def enter(self, command: list[str]) -> list[str]:
         """`command`, run in the namespace."""
