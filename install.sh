@@ -2,13 +2,15 @@
 # Installs debcache from this checkout on Debian 12, as root (README.md, "Set-up"):
 # Debian's python3-venv if it is missing, a virtual environment in /opt/debcache
 # holding debcache and its Python dependencies (from PyPI, or whatever index pip is
-# configured to use), and /usr/local/bin/debcache linked to its command.
+# configured to use), /usr/local/bin/debcache linked to its command, and the README in
+# /usr/local/share/doc/debcache.
 # Run it again after `git pull`: it reinstalls the checkout into the same place.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 venv=/opt/debcache
 command_link=/usr/local/bin/debcache
+documentation=/usr/local/share/doc/debcache # systemd/debcache.service's Documentation=
 python=/usr/bin/python3 # Debian's own, so the service never depends on a user's PATH
 
 fail() {
@@ -45,4 +47,5 @@ echo "install.sh: installing debcache from $PWD into $venv"
 # the installed copy; dependencies already satisfied are kept.
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$PWD"
 ln -sfn "$venv/bin/debcache" "$command_link"
+install -D -m 644 README.md "$documentation/README.md"
 echo "install.sh: done; $command_link runs $venv/bin/debcache. Start it with: debcache serve"

@@ -95,7 +95,7 @@ def current_manifest_id(db: sqlite_utils.Database, branch: str) -> str:
         raise NotFound(
             f"no branch named {branch!r}{near_matches(branch, names)}"
             f" (branches: {', '.join(names) or 'none'})",
-            "create it with `debcache promote BRANCH MANIFEST`",
+            f"create it with `debcache promote {branch} MANIFEST`",
         )
     return row["manifest_id"]
 

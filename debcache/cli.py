@@ -25,7 +25,13 @@ from click import ParameterSource
 
 from . import db
 from .branches import Change, check_branch_name, current_manifest_id, promote, rollback
-from .config import Config, default_data_dir, load_config, parse_listen_address
+from .config import (
+    Config,
+    default_data_dir,
+    load_config,
+    parse_listen_address,
+    url_problem,
+)
 from .diff import diff, load_side
 from .errors import BadRequest, ConfigError, DebcacheError
 from .lifecycle import collect_garbage, verify_store
@@ -115,14 +121,16 @@ GROUP_OPTIONS = {"--config": "FILE", "--data-dir": "DIR"}
 @click.option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    # No checks by click: its usage error would blame --config for $DEBCACHE_CONFIG;
+    # load_config says what is wrong with the file and where its name came from.
+    type=click.Path(path_type=Path, readable=False),
     envvar="DEBCACHE_CONFIG",
     help="TOML configuration (default: $DEBCACHE_CONFIG, /etc/debcache/debcache.toml, "
     "or built-in defaults from the host's apt sources).",
 )
 @click.option(
     "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path, readable=False),  # checked by check_data_dir, as above
     metavar="DIR",
     envvar="DEBCACHE_DATA_DIR",
     help="Where blobs and the database live (default: $DEBCACHE_DATA_DIR, [server] data_dir, "
@@ -175,7 +183,7 @@ def pass_config(command: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option(
     "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path, readable=False),
     metavar="DIR",
     help="The same as debcache --data-dir DIR serve (kept for compatibility).",
 )
@@ -187,11 +195,15 @@ def serve(config: Config, listen: tuple[str, ...], data_dir: Path | None) -> Non
     Example:
         debcache serve --listen 127.0.0.1:3142
     """
-    from .server.app import bind_sockets, check_something_to_serve, serve_forever
+    from .server.app import check_something_to_serve, serve_forever
 
     if listen:
         config = dataclasses.replace(config, listen=tuple(_parse_listen(v) for v in listen))
-    if data_dir:
+    if data_dir:  # messages name serve's own --data-dir as they name the group's
+        context = click.get_current_context()
+        context.obj = dataclasses.replace(
+            context.find_object(GroupOptions), data_dir=data_dir, data_dir_named_by="--data-dir"
+        )
         config = dataclasses.replace(config, data_dir=data_dir)
     logging.basicConfig(
         level=logging.INFO,
@@ -199,21 +211,51 @@ def serve(config: Config, listen: tuple[str, ...], data_dir: Path | None) -> Non
         stream=sys.stderr,
     )
     check_something_to_serve(config)
-    try:
-        sockets = []  # one address at a time, so that a failure names its address
-        for address in config.listen:
-            sockets += bind_sockets(dataclasses.replace(config, listen=(address,)))
-    except OSError as exc:
-        for sock in sockets:
-            sock.close()
-        raise listen_error(*address, exc) from None
+    create_data_dir(config)
+    sockets = listen_on(config.listen)  # all of them, before saying "listening on"
     _print_start(config)
     serve_forever(config, sockets)
 
 
-def listen_error(host: str, port: int, exc: OSError) -> ConfigError:
+def listen_on(addresses: tuple[tuple[str, int], ...]) -> list[socket.socket]:
+    """A listening socket for each address, or a ConfigError naming the one that failed."""
+    from .server.app import bind_sockets
+
+    sockets: list[socket.socket] = []
+    try:
+        for index, address in enumerate(addresses):
+            if address in addresses[:index]:
+                raise ConfigError(
+                    f"--listen {listen_name(*address)} is given twice", "give each address once"
+                )
+            try:
+                sockets += bind_sockets((address,))
+            except OSError as exc:
+                raise listen_error(*address, exc, addresses[:index]) from None
+    except ConfigError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def listen_name(host: str, port: int) -> str:
+    """HOST:PORT as --listen takes it: an IPv6 address in brackets, `[::1]:3142`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen_error(
+    host: str, port: int, exc: OSError, earlier: tuple[tuple[str, int], ...] = ()
+) -> ConfigError:
     """Why debcache can't listen on host:port, with the remedy for that reason."""
-    cause = f"cannot listen on {host}:{port}"
+    cause = f"cannot listen on {listen_name(host, port)}"
+    overlapping = [listen_name(*address) for address in earlier if address[1] == port]
+    if exc.errno == errno.EADDRINUSE and overlapping:  # e.g. 0.0.0.0:P then 127.0.0.1:P
+        return ConfigError(
+            f"{cause}: it overlaps --listen {overlapping[0]}, on which debcache listens already",
+            f"drop one of the two; 0.0.0.0:{port} covers every IPv4 address, [::]:{port} "
+            "every IPv6 one",
+        )
     if isinstance(exc, socket.gaierror):
         return ConfigError(
             f"{cause}: {host} is not an IP address or a name this host resolves ({exc.strerror})",
@@ -222,7 +264,7 @@ def listen_error(host: str, port: int, exc: OSError) -> ConfigError:
     if exc.errno == errno.EADDRINUSE:
         return ConfigError(
             f"{cause}: another process listens on that port",
-            f"stop it, or pass --listen {host}:PORT with a free port",
+            f"stop it, or pass --listen {listen_name(host, 'PORT')} with a free port",
         )
     if exc.errno == errno.EADDRNOTAVAIL:
         return ConfigError(
@@ -232,7 +274,7 @@ def listen_error(host: str, port: int, exc: OSError) -> ConfigError:
     if exc.errno == errno.EACCES:
         return ConfigError(
             f"{cause}: ports below 1024 need root or CAP_NET_BIND_SERVICE",
-            f"pass --listen {host}:3142 (or another port above 1023), or run as root",
+            f"pass --listen {listen_name(host, 3142)} (or another port above 1023), or run as root",
         )
     if exc.errno == errno.EAFNOSUPPORT:
         return ConfigError(
@@ -263,7 +305,7 @@ def _print_start(config: Config) -> None:
     for upstream in config.upstreams.values():
         click.echo(f"debcache: upstream {upstream.name}: {' '.join(upstream.urls)}", err=True)
     for host, port in config.listen:
-        click.echo(f"debcache: listening on http://{host}:{port}/", err=True)
+        click.echo(f"debcache: listening on http://{listen_name(host, port)}/", err=True)
 
 
 # --- shared pieces of the data commands ----------------------------------------------
@@ -303,11 +345,40 @@ DATA_DIR_REMEDY = (
 
 def check_data_dir(config: Config) -> None:
     """A data command reads an existing data dir: a missing one is a mistake, not empty."""
+    if config.data_dir.exists() and not config.data_dir.is_dir():
+        raise ConfigError(
+            f"data dir {config.data_dir} ({data_dir_origin(config)}) is a file, not a directory",
+            f"point {data_dir_setting(config)} at the directory `debcache serve` uses",
+        )
     if not config.data_dir.is_dir():
         raise ConfigError(
             f"data dir {config.data_dir} ({data_dir_origin(config)}) does not exist",
             DATA_DIR_REMEDY,
         )
+
+
+def create_data_dir(config: Config) -> None:
+    """Create the data dir that serve and import write to, or say why it can't be."""
+    cause = f"cannot create data dir {config.data_dir} ({data_dir_origin(config)})"
+    remedy = f"point {data_dir_setting(config)} at a directory, or at a path to create"
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # exist_ok tolerates directories only
+        raise ConfigError(f"{cause}: it is a file", remedy) from None
+    except NotADirectoryError as exc:
+        parent = next(p for p in config.data_dir.parents if p.exists())
+        raise ConfigError(f"{cause}: {parent} is a file, not a directory", remedy) from exc
+    except OSError as exc:
+        raise ConfigError(f"{cause}: {exc.strerror}", file_error(exc).remedy or remedy) from None
+
+
+def data_dir_setting(config: Config) -> str:
+    """What to change to name another data dir: the option, variable or key that named it."""
+    origin = data_dir_origin(config)
+    if origin == "the default":
+        return "--data-dir"
+    named_by = origin.removeprefix("from ")
+    return named_by if named_by.startswith(("-", "$")) else f"[server] data_dir in {named_by}"
 
 
 def data_dir_origin(config: Config) -> str:
@@ -638,8 +709,10 @@ def import_manifest_command(config: Config, lockfile: Path, source_url: str | No
         raise BadRequest(
             f"{lockfile}: not JSON ({exc})", "pass a file from `manifests export`"
         ) from None
+    if source_url:
+        check_peer_url(source_url)
     manifest = parse_lockfile(document, str(lockfile))
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    create_data_dir(config)
     db.create_schema(config.data_dir / "debcache.db")
     database, store = open_state(config)
     store.create_directories()
@@ -655,6 +728,20 @@ def import_manifest_command(config: Config, lockfile: Path, source_url: str | No
     else:
         click.echo(f"Manifest {short_id} was already known, with all {files} files stored.")
     click.echo(f"Pin it with: debcache promote BRANCH {short_id}")
+
+
+def check_peer_url(url: str) -> None:
+    """`--from` names another debcache by its http:// URL; say so before fetching anything."""
+    if not url_problem(url):
+        return
+    bare = url.partition("://")[2] if "://" in url else url
+    fixed = f"http://{bare}" if parse_listen_address(bare.rstrip("/")) else None
+    raise ConfigError(
+        f"--from {url!r} is not the http:// URL of a debcache",
+        f"write --from {fixed}"
+        if fixed
+        else "write --from http://HOST:PORT, e.g. http://cache-a:3142",
+    )
 
 
 # --- branches -------------------------------------------------------------------------

@@ -109,12 +109,26 @@ def load_config(
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: cannot read it: {exc}", "fix the file's TOML syntax") from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"{path}: a directory, not a configuration file (named by {named_by})",
+            f"{_name_file_with(named_by)} the TOML file, e.g. {path / 'debcache.toml'}",
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            f"{path}: this user may not read it (named by {named_by})",
+            f"run debcache as the user `debcache serve` runs as, or name another with {named_by}",
+        ) from None
     except OSError as exc:
         raise ConfigError(
-            f"{path}: cannot read it: {exc.strerror}",
+            f"{path}: cannot read it: {exc.strerror} (named by {named_by})",
             f"make it a file this user can read, or name another with {named_by}",
         ) from None
     return parse_config(document, path, apt_dir=apt_dir)
+
+
+def _name_file_with(named_by: str) -> str:
+    return f"point {named_by} at" if named_by.startswith("$") else f"pass {named_by}"
 
 
 def _remedy_for(named_by: str) -> str:

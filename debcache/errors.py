@@ -17,6 +17,10 @@ import re
 # the sentence or followed by a space or a comma. "bad.toml:", "debian/pool/...",
 # "xen-4.19", "'http://'" and "1a2b3c4d" are names and stay as they are.
 _ORDINARY_WORD = re.compile(r"[a-z]+(?=$|[ ,;])")
+# An id ("deadbeef") can be all letters. Causes start with a word that says what the id
+# is ("manifest 1a2b..."), and this is the safety net: 8 or more of a-f is an id, not a
+# word; shorter ones are words ("added", "faced").
+_HEX_ID = re.compile(r"[a-f]{8,}")
 # Programs whose names are lower case by nature ("debcache does not tunnel connections").
 PROGRAM_NAMES = frozenset({"apt", "debcache", "debootstrap", "dpkg", "gpg", "gpgv", "nginx"})
 
@@ -39,7 +43,7 @@ class DebcacheError(Exception):
 def sentence_case(text: str) -> str:
     """`text` with a capital first letter, unless it starts with a name (kept as written)."""
     word = _ORDINARY_WORD.match(text)
-    if word is None or word.group() in PROGRAM_NAMES:
+    if word is None or word.group() in PROGRAM_NAMES or _HEX_ID.fullmatch(word.group()):
         return text
     return text[:1].upper() + text[1:]
 

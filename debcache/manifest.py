@@ -158,6 +158,7 @@ class Freezer:
         self.entries: dict[tuple[str, str], Entry] = {}
         self.problems: list[Problem] = []
         self.warnings: list[str] = []  # named in freeze's output; never fail it
+        self.unverified_probes: list[Problem] = []  # left out, or in with --allow-unverified
         self.fetch_failures: dict[tuple[str, str], str] = {}  # why _fetch found nothing
         self.releases: dict[str, dict] = {}
         # Verified Release texts by (upstream, sha256): the suite and its Release.gpg, if
@@ -254,7 +255,8 @@ class Freezer:
     ) -> None:
         """A Release of a suite the install used nothing else of: debian-installer's mirror
         check asks for every suite name it knows. Verified, it goes in, so the pin answers
-        as the mirror did; unverifiable, it is named and left out (d-i skips a 404)."""
+        as the mirror did; unverifiable, it is named and left out (d-i skips a 404), or
+        goes in marked unverified with --allow-unverified (plan_manifest decides)."""
         path = f"dists/{suite}/Release"
         if len(all_recorded[path]) > 1:
             self.warnings.append(
@@ -263,8 +265,7 @@ class Freezer:
             return
         before = len(self.problems)
         self._plan_suite(upstream, suite, recorded, all_recorded)
-        for problem in self.problems[before:]:
-            self.warnings.append(f"{problem}; a suite probe, left out")
+        self.unverified_probes += self.problems[before:]
         del self.problems[before:]
 
     def _plan_suite(
@@ -866,6 +867,9 @@ def plan_manifest(
     unverified = _unverified(freezer, recorded)
     if unverified and not allow_unverified:
         raise UnverifiableFiles(unverified)
+    probes_left_out = [] if allow_unverified else freezer.unverified_probes
+    if allow_unverified:  # the flag's promise: every recorded file in, marked unverified
+        unverified += freezer.unverified_probes
     for problem in unverified:
         versions = recorded.files.get(problem.upstream, {}).get(problem.path, set())
         if len(versions) == 1 and problem.key not in freezer.entries:
@@ -877,6 +881,7 @@ def plan_manifest(
         problems = [Problem(e.upstream, e.path, "blob missing from store") for e in missing]
         raise UnverifiableFiles(problems)
     warnings = [f"{f}: a failed fetch, not in the manifest" for f in failures]
+    warnings += [f"{p}; a suite probe, left out" for p in probes_left_out]
     completed = [
         f"{e.upstream}/{e.path}"
         for e in entries
@@ -1182,10 +1187,15 @@ async def _fetch_blobs(
 
 def _blob_urls(config: Config, manifest_id: str, entry: Entry, source_url: str | None) -> list[str]:
     if source_url:
-        base = f"{source_url.rstrip('/')}/manifest/{manifest_id}/{entry.upstream}"
-        return [upstream_url(base, entry.path)]
+        return [_peer_url(source_url, manifest_id, entry)]
     upstream = config.upstreams.get(entry.upstream)
     return [upstream_url(base, entry.path) for base in upstream.urls] if upstream else []
+
+
+def _peer_url(source_url: str, manifest_id: str, entry: Entry) -> str:
+    """Where another debcache serves `entry` of a manifest it holds."""
+    base = f"{source_url.rstrip('/')}/manifest/{manifest_id}/{entry.upstream}"
+    return upstream_url(base, entry.path)
 
 
 def import_failure(
@@ -1193,21 +1203,20 @@ def import_failure(
 ) -> ImportFailed:
     """One line: how many failed, the first reason (its URL names the file), the remedy."""
     entry, why = failures[0]
+    if source_url:  # the peer is named once; the first file by its upstream and path
+        why = why.removeprefix(f"{_peer_url(source_url, manifest.id, entry)}: ")
+        return ImportFailed(
+            f"{len(failures)} of {wanted} files of manifest {manifest.short_id} could not be "
+            f"fetched from {source_url}; the first, {entry.upstream}/{entry.path}: {why}",
+            "nothing was imported; check that it is a debcache that holds this manifest, "
+            "or import without --from to fetch from the upstreams",
+        )
     first = (
         why if why.startswith(("http://", "https://")) else f"{entry.upstream}/{entry.path}: {why}"
     )
-    if source_url:
-        remedy = (
-            f"nothing was imported; check that {source_url} is a debcache that serves the "
-            "manifest, or import without --from to fetch from the upstreams"
-        )
-    else:
-        remedy = (
-            "nothing was imported; check that the upstreams are reachable and still have "
-            "these files, or import --from a debcache that has them"
-        )
     return ImportFailed(
         f"{len(failures)} of {wanted} files of manifest {manifest.short_id} could not be "
         f"fetched; the first, {first}",
-        remedy,
+        "nothing was imported; check that the upstreams are reachable and still have "
+        "these files, or import --from a debcache that has them",
     )

@@ -83,14 +83,27 @@ class PinnedFiles:
             download.cancel()
         self._loop_db.conn.close()
 
-    async def resolve_pinned(self, branch: str, upstream: str, path: str) -> PinnedFile:
+    def _branch_row(self, branch: str) -> dict:
         row = queries.branch_row(self._loop_db, branch)
         if row is None:
             names = [r["name"] for r in queries.branch_rows(self._loop_db)]
             raise NotFound(
                 f"no branch named {branch!r} (branches: {', '.join(names) or 'none'})",
-                "promote a manifest to it with `debcache promote BRANCH MANIFEST`",
+                f"promote a manifest to it with `debcache promote {branch} MANIFEST`",
             )
+        return row
+
+    async def pinned_suites(self, branch: str, upstream: str) -> tuple[str, list[str]]:
+        """The manifest `branch` serves and the suites of `upstream` frozen in it."""
+        current = self._branch_row(branch)["manifest_id"]
+        await self._check_upstream_in(current, upstream, "", f"/pin/{branch}/")
+        row = queries.manifest_row(self._loop_db, current)
+        releases = json.loads(row["releases"]) if row and row["releases"] else {}
+        suites = sorted(key.split(" ", 1)[1] for key in releases if key.startswith(f"{upstream} "))
+        return current, suites
+
+    async def resolve_pinned(self, branch: str, upstream: str, path: str) -> PinnedFile:
+        row = self._branch_row(branch)
         current = row["manifest_id"]
         options = self.config.branches.get(branch)
         located = suite_of(path)
@@ -105,6 +118,7 @@ class PinnedFiles:
         if found is None and options and options.fill == "verified":
             found = await self._fill(current, upstream, path)
         if found is None:
+            await self._check_upstream_in(current, upstream, path, f"/pin/{branch}/")
             raise NotFound(
                 f"{upstream}/{path} is not in manifest {current[:SHORT_ID]} of branch {branch}",
                 "record an install that fetches it (http://NAME@cache:3142/ as its proxy), then "
@@ -142,11 +156,29 @@ class PinnedFiles:
             )
         found = await self._lookup(manifest_id, upstream, path)
         if found is None:
+            await self._check_upstream_in(manifest_id, upstream, path, f"/manifest/{manifest_id}/")
             raise NotFound(
                 f"{upstream}/{path} is not in manifest {manifest_id[:SHORT_ID]}",
                 "manifests never change; freeze a new one that includes it",
             )
         return dataclasses.replace(found, last_modified=manifest["created"])
+
+    async def _check_upstream_in(
+        self, manifest_id: str, upstream: str, path: str, prefix: str
+    ) -> None:
+        """NotFound naming the manifest's upstreams when `upstream` is none of them: then
+        the URL is mistyped, and recording an install would not help."""
+        upstreams = sorted({name for name, _ in await self._files(manifest_id)})
+        if upstream in upstreams:
+            return
+        remedy = f"write one of them after {prefix}"
+        if len(upstreams) == 1:
+            remedy = f"write {prefix}{upstreams[0]}/{path}"
+        raise NotFound(
+            f"no upstream named {upstream!r} in manifest {manifest_id[:SHORT_ID]}, which "
+            f"holds files of {', '.join(upstreams) or 'none'}",
+            remedy,
+        )
 
     def _in_grace(self, branch: str, changed: float) -> bool:
         options = self.config.branches.get(branch)

@@ -248,16 +248,18 @@ def test_piped_into_head_it_stops_quietly_with_the_status_of_sigpipe(tmp_path: P
     assert result.stderr == f"{128 + signal.SIGPIPE}\n"
 
 
-def test_an_import_from_an_unreachable_site_fails_in_one_line(tmp_path: Path) -> None:
-    entries = [
-        Entry("debian", f"pool/main/p/pkg{n}/pkg{n}_1.0-1_amd64.deb", f"{n + 1:064x}", 10)
-        for n in range(3)
-    ]
-    manifest = manifest_id(entries)
+IMPORT_ENTRIES = [
+    Entry("debian", f"pool/main/p/pkg{n}/pkg{n}_1.0-1_amd64.deb", f"{n + 1:064x}", 10)
+    for n in range(3)
+]
+
+
+def import_from(tmp_path: Path, site: str) -> tuple[str, str]:
+    """`manifests import LOCK --from SITE` of a manifest of IMPORT_ENTRIES: (id, output)."""
+    manifest = manifest_id(IMPORT_ENTRIES)
     lockfile = tmp_path / "lock.json"
-    document = {"format": LOCKFILE_FORMAT, "id": manifest, "entries": [asdict(e) for e in entries]}
-    lockfile.write_text(json.dumps(document))
-    site = f"http://127.0.0.1:{free_port()}"
+    entries = [asdict(e) for e in IMPORT_ENTRIES]
+    lockfile.write_text(json.dumps({"format": LOCKFILE_FORMAT, "id": manifest, "entries": entries}))
     config = tmp_path / "debcache.toml"
     config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n')
     result = CliRunner().invoke(
@@ -265,17 +267,49 @@ def test_an_import_from_an_unreachable_site_fails_in_one_line(tmp_path: Path) ->
         ["--config", str(config), "manifests", "import", str(lockfile), "--from", site],
         env=cli_env(),
     )
-    first = f"{site}/manifest/{manifest}/debian/{entries[0].path}"
     assert result.exit_code == 1
-    assert result.output.startswith(
-        f"Error: 3 of 3 files of manifest {manifest[:12]} could not be fetched; the first, "
-        f"{first}: Cannot connect to host 127.0.0.1:"
+    return manifest, result.output
+
+
+def test_an_import_from_an_unreachable_site_fails_in_one_line(tmp_path: Path) -> None:
+    site = f"http://127.0.0.1:{free_port()}"
+    manifest, output = import_from(tmp_path, site)
+    assert output.startswith(
+        f"Error: 3 of 3 files of manifest {manifest[:12]} could not be fetched from {site}; "
+        f"the first, debian/{IMPORT_ENTRIES[0].path}: Cannot connect to host 127.0.0.1:"
     )
-    assert result.output.endswith(
-        f". Nothing was imported; check that {site} is a debcache that serves "
-        "the manifest, or import without --from to fetch from the upstreams.\n"
+    assert output.endswith(
+        ". Nothing was imported; check that it is a debcache that holds this manifest, "
+        "or import without --from to fetch from the upstreams.\n"
     )
-    assert result.output.count("\n") == 1 and result.output.count(site) == 2
+    assert output.count("\n") == 1 and output.count(site) == 1
+
+
+def test_an_import_from_a_debcache_without_the_files_names_it_once(
+    tmp_path: Path, debcache: DebcacheServer
+) -> None:
+    manifest, output = import_from(tmp_path, debcache.url)
+    assert output == (
+        f"Error: 3 of 3 files of manifest {manifest[:12]} could not be fetched from "
+        f"{debcache.url}; the first, debian/{IMPORT_ENTRIES[0].path}: HTTP 404. Nothing was "
+        "imported; check that it is a debcache that holds this manifest, or import without "
+        "--from to fetch from the upstreams.\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("site", "remedy"),
+    [
+        ("127.0.0.1:18111", "Write --from http://127.0.0.1:18111."),
+        ("ftp://x", "Write --from http://HOST:PORT, e.g. http://cache-a:3142."),
+    ],
+)
+def test_an_import_from_a_url_that_is_no_http_url_is_refused_first(
+    tmp_path: Path, site: str, remedy: str
+) -> None:
+    _, output = import_from(tmp_path, site)
+    assert output == f"Error: --from {site!r} is not the http:// URL of a debcache. {remedy}\n"
+    assert not (tmp_path / "data").exists()
 
 
 def test_a_database_this_user_cannot_open_is_one_line(tmp_path: Path) -> None:
@@ -324,6 +358,8 @@ def test_a_database_this_user_cannot_open_is_one_line(tmp_path: Path) -> None:
         ),
         ("xen-4.19: no such branch", "", "xen-4.19: no such branch."),
         ("cafe1234 is ambiguous", "", "cafe1234 is ambiguous."),
+        ("deadbeef does not verify", "", "deadbeef does not verify."),
+        ("added files", "", "Added files."),
         ("cannot listen", "pass --listen", "Cannot listen. Pass --listen."),
         ("the manifest is gone", "", "The manifest is gone."),
     ],
@@ -361,6 +397,44 @@ def test_http_errors_keep_the_names_they_start_with(keyed_debcache: DebcacheServ
         404,
         f"debian/{HELLO} is not in manifest {manifest[:12]}. "
         "Manifests never change; freeze a new one that includes it.\n",
+    )
+
+
+def test_an_unknown_upstream_in_a_pin_is_named_with_the_manifests_upstreams(
+    keyed_debcache: DebcacheServer,
+) -> None:
+    recorded = request(keyed_debcache.url, "/record/run-1/debian/dists/bookworm/InRelease")
+    assert recorded.status == 200
+    keyed_debcache.wait_for_fetches(1, recording="run-1")
+    frozen = run(keyed_debcache, "freeze", "run-1", "--json", "--promote", "main")
+    assert frozen.exit_code == 0, frozen.output
+    manifest = json.loads(frozen.output)["id"]
+    unknown = request(keyed_debcache.url, "/pin/main/nosuch/README")
+    assert (unknown.status, unknown.body.decode()) == (
+        404,
+        f"No upstream named 'nosuch' in manifest {manifest[:12]}, which holds files of debian. "
+        "Write /pin/main/debian/README.\n",
+    )
+    by_id = request(keyed_debcache.url, f"/manifest/{manifest}/nosuch/README")
+    assert (by_id.status, by_id.body.decode()) == (
+        404,
+        f"No upstream named 'nosuch' in manifest {manifest[:12]}, which holds files of debian. "
+        f"Write /manifest/{manifest}/debian/README.\n",
+    )
+
+
+def test_an_unknown_branch_is_named_in_the_remedy(keyed_debcache: DebcacheServer) -> None:
+    pinned = request(keyed_debcache.url, "/pin/main/debian/README")
+    assert (pinned.status, pinned.body.decode()) == (
+        404,
+        "No branch named 'main' (branches: none). "
+        "Promote a manifest to it with `debcache promote main MANIFEST`.\n",
+    )
+    logged = run(keyed_debcache, "log", "main")
+    assert (logged.exit_code, logged.output) == (
+        1,
+        "Error: No branch named 'main' (branches: none). "
+        "Create it with `debcache promote main MANIFEST`.\n",
     )
 
 

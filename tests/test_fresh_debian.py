@@ -20,7 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fresh_debian import Chroot, base_system, host_mirror, readme_setup_commands, unpack
+from fresh_debian import (
+    Chroot,
+    base_system,
+    close_keeping_error,
+    host_mirror,
+    readme_setup_commands,
+    unpack,
+)
 from processes import free_port, wait_until
 
 from debcache.config import upstream_name_for
@@ -52,7 +59,10 @@ def fresh_debian(base_tarball: Path, tmp_path: Path) -> Iterator[Chroot]:
         chroot.carry_host_configuration()
         copy_checkout(chroot.path(CHECKOUT))
         yield chroot
-    finally:
+    except BaseException as exc:
+        close_keeping_error(chroot, exc)
+        raise
+    else:
         chroot.close()
 
 
@@ -146,6 +156,8 @@ def test_readme_install_serves_on_fresh_debian_again_and_after_a_pull(
     assert "creating the virtual environment /opt/debcache" in output
     command = fresh_debian.path("/usr/local/bin/debcache")
     assert os.readlink(command) == "/opt/debcache/bin/debcache"
+    for documentation in unit_documentation_files():
+        assert fresh_debian.path(documentation).is_file(), documentation
 
     # `git pull` brought a change: the same command installs it over the old copy.
     pulled = "PULLED = True  # a commit the user pulled\n"
@@ -168,10 +180,54 @@ def test_readme_test_command_runs_the_tests_on_fresh_debian(
     process = fresh_debian.start(command, CHECKOUT, log, fresh_debian.environment())
     try:
         returncode = process.wait(timeout=INSTALL_DEADLINE)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            f"`{command}` took over {INSTALL_DEADLINE} s; its output ended:\n{tail(log)}"
+        ) from None
     finally:
         stop(process)
     assert returncode == 0, tail(log)
     assert re.search(r"^\d+ passed", log.read_text(), re.MULTILINE), tail(log)
+
+
+def unit_documentation_files() -> list[str]:
+    """The local files that systemd/debcache.service's Documentation= names."""
+    unit = (REPOSITORY / "systemd" / "debcache.service").read_text()
+    urls = [u for line in unit.splitlines() if line.startswith("Documentation=")
+            for u in line.removeprefix("Documentation=").split()]  # fmt: skip
+    assert urls, "the unit has no Documentation="
+    return [u.removeprefix("file://") for u in urls if u.startswith("file://")]
+
+
+def test_the_units_documentation_is_a_file_install_sh_installs() -> None:
+    install = (REPOSITORY / "install.sh").read_text()
+    installed = re.search(r"^documentation=(\S+)", install, re.MULTILINE)
+    assert installed and 'install -D -m 644 README.md "$documentation/README.md"' in install
+    assert unit_documentation_files() == [f"{installed.group(1)}/README.md"]
+
+
+def test_install_deps_removes_its_policy_rc_d_when_apt_get_fails(tmp_path: Path) -> None:
+    """In a mount namespace with an empty /usr/sbin (so debootstrap is missing and the
+    host's policy-rc.d untouched) and an apt-get that fails."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "apt-get").write_text("#!/bin/sh\necho 'E: no network' >&2\nexit 100\n")
+    (fake / "apt-get").chmod(0o755)
+    script = (
+        'mount -t tmpfs tmpfs /usr/sbin && PATH="$0:$PATH" bash .ci/install-deps; '
+        'echo "exit $?"; ls -A /usr/sbin'
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(fake)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "E: no network" in result.stderr
+    installing, *after = result.stdout.splitlines()
+    assert "debootstrap" in installing.split()
+    assert after == ["exit 100"], result.stdout  # and /usr/sbin empty again
 
 
 def test_ci_runs_the_readme_test_command_exactly() -> None:

@@ -63,7 +63,7 @@ def test_the_api_index_lists_every_endpoint_of_debcache_s_own_namespace(
 
 
 @pytest.mark.parametrize(
-    "target", ["/_", "/_/nothing", "/_/api", "/_/api/nothing", "/_/pin", "/_/a%0Ab"]
+    "target", ["/_/nothing", "/_/api/nothing", "/_/pin", "/_/a%0Ab", "/_/health/"]
 )
 def test_an_unknown_path_under_underscore_is_a_404_that_lists_the_real_pages(
     debcache: DebcacheServer, mirror: FakeMirror, target: str

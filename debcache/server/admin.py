@@ -23,6 +23,7 @@ from ..metrics import CONTENT_TYPE
 from ..resign import export_public_key
 from ..status import collect_status, status_json
 from .keys import CONFIG, DATABASE, METRICS
+from .live import is_absolute_form, serve_live
 
 OWN_PREFIX = "/_/"
 
@@ -149,11 +150,21 @@ async def unknown_page(request: web.Request) -> web.StreamResponse:
     allowed = await _methods_of_own_path(request)
     if allowed:
         raise web.HTTPMethodNotAllowed(request.method, allowed)
+    if request.method in ("GET", "HEAD") and _is_own_page(request, f"{request.path}/"):
+        raise web.HTTPPermanentRedirect(f"{request.path}/")  # /_/api is /_/api/
     listing = ", ".join(f"{e['method']} {e['path']}" for e in own_endpoints(request.app))
     raise NotFound(
         # The raw path: decoded, a %0A would break the one-line answer.
         f"there is no {request.rel_url.raw_path} among debcache's own pages ({listing})",
         f"GET {OWN_PREFIX}api/ describes each of them",
+    )
+
+
+def _is_own_page(request: web.Request, path: str) -> bool:
+    catch_all = request.match_info.route.resource
+    return any(
+        resource is not catch_all and resource.canonical == path
+        for resource in request.app.router.resources()
     )
 
 
@@ -167,6 +178,26 @@ async def _methods_of_own_path(request: web.Request) -> set[str]:
             _, methods = await resource.resolve(request)
             allowed |= methods
     return allowed
+
+
+async def mirror_root(request: web.Request) -> web.StreamResponse:
+    """GET /<upstream>/: how to use the live cache of an upstream in sources.list."""
+    name = request.match_info["upstream"]
+    upstream = request.app[CONFIG].upstreams.get(name)
+    if upstream is None or is_absolute_form(request):  # not a root of ours: the usual answer
+        return await serve_live(request)
+    base = f"http://{request.host}"
+    lines = [
+        f"debcache: the live cache of upstream {name} ({' '.join(upstream.urls)}).",
+        "",
+        "Use it in /etc/apt/sources.list (with the upstream's suites and components):",
+        f"  deb {base}/{name} SUITE main",
+        "Or record an install under NAME, to freeze it later:",
+        f"  deb {base}/record/NAME/{name} SUITE main",
+        "",
+        f"Status: {base}/_/",
+    ]
+    return web.Response(text="\n".join(lines) + "\n")
 
 
 async def front_page(request: web.Request) -> web.Response:

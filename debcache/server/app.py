@@ -7,7 +7,7 @@ import logging
 import signal
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 from aiohttp import web
@@ -28,7 +28,7 @@ from ..upstream import UpstreamClient, create_session
 from . import admin, api
 from .keys import CACHE, CONFIG, DATABASE, FETCH_LOG, METRICS, PINNED
 from .live import addressed_to_this_server, forwarded_upstream, is_absolute_form, serve_live
-from .pinned import serve_manifest, serve_pinned
+from .pinned import pinned_root, serve_manifest, serve_pinned
 from .responses import SOURCE_HEADER
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,11 @@ def create_app(config: Config) -> web.Application:
     # must reach the handlers, which answer it, not fall through the router.
     app.router.add_route("*", "/_", admin.unknown_page)
     app.router.add_route("*", r"/_/{tail:[\s\S]*}", admin.unknown_page)
+    # The roots of the mirrors the front page links to answer how to use them.
+    app.router.add_get(r"/pin/{branch:[^/]+}/{upstream:[^/]+}/", pinned_root)
     app.router.add_get(r"/pin/{tail:[\s\S]+}", serve_pinned)
     app.router.add_get(r"/manifest/{tail:[\s\S]+}", serve_manifest)
+    app.router.add_get(r"/{upstream:[^/]+}/", admin.mirror_root)
     app.router.add_get(r"/{tail:[\s\S]+}", serve_live)
     return app
 
@@ -189,16 +192,32 @@ def _has_manifests(path: Path) -> bool:
         database.conn.close()
 
 
-def bind_sockets(config: Config) -> list[socket.socket]:
-    """Listening sockets for every `listen` address (bound before the app starts)."""
+def bind_sockets(addresses: Iterable[tuple[str, int]]) -> list[socket.socket]:
+    """A listening socket for each (host, port), made before the app starts.
+
+    listen() here, not in aiohttp: with SO_REUSEADDR two sockets bind the same port, and
+    only listen() finds the clash. IPv6 sockets are IPv6 only (as nginx's), so that
+    `[::]:P` and `0.0.0.0:P` can both be listed.
+    """
     sockets = []
-    for host, port in config.listen:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sockets.append(sock)
+    try:
+        for host, port in addresses:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
     return sockets
+
+
+LISTEN_BACKLOG = 128  # aiohttp's own default
 
 
 async def run_server(

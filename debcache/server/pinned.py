@@ -38,6 +38,24 @@ async def serve_pinned(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def pinned_root(request: web.Request) -> web.Response:
+    """GET /pin/<branch>/<upstream>/: how to use the pin in sources.list."""
+    branch = check_branch_name(request.match_info["branch"])
+    upstream = request.match_info["upstream"]
+    manifest_id, suites = await request.app[PINNED].pinned_suites(branch, upstream)
+    base = f"http://{request.host}/pin/{branch}/{upstream}"
+    lines = [
+        f"debcache: branch {branch} of upstream {upstream}, pinned to manifest {manifest_id}.",
+        "Only the files frozen in that manifest are served here.",
+        "",
+        "Use it in /etc/apt/sources.list (with the components you froze):",
+        *(f"  deb {base} {suite} main" for suite in suites or ["SUITE"]),
+        "",
+        f"Status: http://{request.host}/_/",
+    ]
+    return web.Response(text="\n".join(lines) + "\n")
+
+
 async def serve_manifest(request: web.Request) -> web.StreamResponse:
     """GET/HEAD /manifest/<id>/<upstream>/<path>: immutable."""
     manifest_id, upstream, path = _split(request, "manifest")
