@@ -55,6 +55,8 @@ INSTALLER_CHOICES = ("recorded", "complete")
 # if the upstream were unreachable, so a variant held elsewhere still serves.
 NOT_FETCHING = DownloadFailure("not in the cache (diff does not fetch)")
 NOT_FETCHING.unreachable = True
+ABSENT_BEFORE = DownloadFailure("the upstream answered 404 for it at an earlier freeze")
+ABSENT_BEFORE.absent = True
 
 
 class FreezeError(DebcacheError):
@@ -554,12 +556,14 @@ class Freezer:
         # Identical indices (an empty Packages in several components) are one download
         # that may come from any of their names.
         downloads: dict[str, tuple[list[str], str, int]] = {}
+        names: dict[str, set[str]] = defaultdict(set)  # sha256 -> its plain names
         for suite, _, variants in wanted:
             for entry in variants:
                 if not self.store.has(entry.sha256):
                     paths = downloads.setdefault(entry.sha256, ([], entry.sha256, entry.size))[0]
                     paths += self._index_paths(suite, used[suite], entry)
-        failures = self._fetch_all(upstream, list(downloads.values()))
+                    names[entry.sha256].add(f"dists/{suite}/{entry.name}")
+        failures = self._fetch_absent_once(upstream, downloads, names)
         arrived: set[str] = set()
         answered: set[str] = set()  # suites of which some index got an HTTP answer
         for suite, index, variants in wanted:
@@ -583,6 +587,30 @@ class Freezer:
                 f"every one its Release lists (check [upstreams.{upstream.name}] urls)",
                 completing=True,
             )
+
+    def _fetch_absent_once(
+        self,
+        upstream: Upstream,
+        downloads: dict[str, tuple[list[str], str, int]],
+        names: dict[str, set[str]],
+    ) -> dict[str, DownloadFailure]:
+        """_fetch_all, but what the upstream answered 404 for at an earlier freeze (the
+        same content under every name) is not asked for again, and new 404s are kept."""
+        known = queries.absent_files(self.db, upstream.name)
+        remembered = {
+            sha256 for sha256 in downloads if all((p, sha256) in known for p in names[sha256])
+        }
+        wanted = [item for sha256, item in downloads.items() if sha256 not in remembered]
+        failures = self._fetch_all(upstream, wanted)
+        if self.fetch:
+            absent = [
+                (path, sha256)
+                for sha256, failure in failures.items()
+                if failure.absent
+                for path in names[sha256]
+            ]
+            queries.remember_absent(self.db, upstream.name, absent)
+        return failures | dict.fromkeys(remembered, ABSENT_BEFORE)
 
     def _variants_not_completed(
         self,
