@@ -177,6 +177,8 @@ class Freezer:
         self.architectures: set[str] = set()
         self.installer_architectures: set[str] = set()
         self.udeb_recorded = False  # an arch-all udeb shows d-i ran, not on what host
+        self.progress: Callable[[int], None] | None = None
+        self.more_work: Callable[[int], None] | None = None
 
     @property
     def installer_used(self) -> bool:
@@ -189,7 +191,14 @@ class Freezer:
             return self.installer_architectures
         return self.architectures or {a for a in info.architectures if a != "all"}
 
-    def plan(self, recorded: Recorded, progress: Callable[[int], None] | None = None) -> None:
+    def plan(
+        self,
+        recorded: Recorded,
+        progress: Callable[[int], None] | None = None,
+        more_work: Callable[[int], None] | None = None,
+    ) -> None:
+        """progress(n): n more files done; more_work(n): n files to download were found."""
+        self.progress, self.more_work = progress, more_work
         for files in recorded.files.values():
             for path in files:
                 self.udeb_recorded |= path.startswith("pool/") and path.endswith(".udeb")
@@ -746,10 +755,14 @@ class Freezer:
                         failure = await download_blob(session, urls, sha256, size, self.store)
                     if failure is not None:
                         failures[sha256] = failure
+                    if self.progress:
+                        self.progress(1)
 
                 await asyncio.gather(*(fetch(*item) for item in wanted))
             return failures
 
+        if self.more_work:
+            self.more_work(len(wanted))
         self.store.create_directories()
         return asyncio.run(fetch_all())
 
@@ -927,6 +940,7 @@ def plan_manifest(
     installer: str = "recorded",
     fetch: bool = True,
     progress: Callable[[int], None] | None = None,
+    more_work: Callable[[int], None] | None = None,
 ) -> Manifest:
     """The manifest the recordings would freeze into; raises if a file can't be verified.
 
@@ -951,7 +965,7 @@ def plan_manifest(
             f"{recordings_named(recordings)} received no file whole, so there is nothing to freeze",
             "record the install again; `debcache recordings show NAME` lists its failed fetches",
         )
-    freezer.plan(recorded, progress)
+    freezer.plan(recorded, progress, more_work)
     if installer == "complete" and not freezer.installer_used:
         raise FreezeError(
             f"{recordings_named(recordings)} used no debian-installer (no udeb, installer "

@@ -373,6 +373,28 @@ def test_a_component_the_mirror_does_not_carry_is_left_out(
     assert fresh == host.downloaded()
 
 
+def test_identical_indices_of_two_components_are_completed_from_either_name(
+    lab_debcache: DebcacheServer, real_mirror: FakeMirror, lab_archive: Archive, tmp_path: Path
+) -> None:
+    # contrib and non-free list no package: their indices have the same bytes.
+    lab_archive.publish_suite(
+        "bookworm-updates",
+        lab_archive.packages("bookworm-updates"),
+        codename="bookworm-updates",
+        components=("main", "contrib", "non-free"),
+        translations=True,
+    )
+    contrib = "dists/bookworm-updates/contrib/binary-amd64/Packages.xz"
+    non_free = "dists/bookworm-updates/non-free/binary-amd64/Packages.xz"
+    assert lab_archive.sha256(contrib) == lab_archive.sha256(non_free)
+    host = warm_host(lab_debcache, real_mirror, lab_archive, tmp_path)
+    run_through(lab_debcache, real_mirror, host, "warm-run", "greet-tzdata")
+    delete_indices(lab_archive, "bookworm-updates", "non-free")  # only contrib's names answer
+    frozen = freeze_json(lab_debcache, "warm-run")
+    paths = {e["path"] for e in manifest_json(lab_debcache, frozen["id"])["entries"]}
+    assert contrib in paths and by_hash_of(lab_archive, contrib) in paths
+
+
 def test_a_suite_whose_indices_the_upstream_has_none_of_fails_the_freeze(
     lab_debcache: DebcacheServer, real_mirror: FakeMirror, lab_archive: Archive, tmp_path: Path
 ) -> None:
