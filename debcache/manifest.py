@@ -631,7 +631,7 @@ class Freezer:
         """What to make of the variants of an index that neither the store nor the upstream
         gave. Absent (404) ones no client could have had: left out. With the upstream
         unreachable, one variant held is enough: apt falls back from a 404 on a by-hash
-        name to the plain one and from one compression to the next (PROTOCOL-NOTES §1),
+        name to the plain one and from one compression to the next (tried: decisions.md),
         so that is a warning. Anything else could hide a file: a problem."""
         missing = [(entry, failure) for entry, failure in failed if not failure.absent]
         if not missing:
