@@ -402,6 +402,22 @@ def progress_bar(total: int, label: str) -> Iterator[Callable[[int], None] | Non
         yield bar.update
 
 
+@contextlib.contextmanager
+def growing_progress_bar(
+    total: int, label: str
+) -> Iterator[tuple[Callable[[int], None] | None, Callable[[int], None] | None]]:
+    """progress_bar whose total grows as work is found: (advance, add to the total)."""
+    if not sys.stderr.isatty():
+        yield None, None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+
+        def grow(count: int) -> None:
+            bar.length = (bar.length or 0) + count
+
+        yield bar.update, grow
+
+
 def when(timestamp: float | None) -> str:
     if not timestamp:
         return "-"
@@ -551,7 +567,8 @@ def freeze_command(
     if branch:
         check_branch_name(branch)
     total = len(db.recorded_files(database, list(recording_names)))
-    with progress_bar(total, "Verifying") as progress:
+    # Completing may download after the recorded files are verified: it adds its files.
+    with growing_progress_bar(total, "Verifying") as (progress, more_work):
         manifest, created = freeze(
             config,
             database,
@@ -562,6 +579,7 @@ def freeze_command(
             strict=strict,
             installer=installer,
             progress=progress,
+            more_work=more_work,
         )
     summary = {
         "id": manifest.id,

@@ -111,6 +111,15 @@ CREATE TABLE IF NOT EXISTS resigned (
     size INTEGER NOT NULL,
     PRIMARY KEY (manifest_id, upstream, suite, name)
 );
+-- Indices a Release lists that the upstream answered 404 for (Debian's uncompressed
+-- Packages): freeze asks once per content, not at every freeze.
+CREATE TABLE IF NOT EXISTS absent_files (
+    upstream TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (upstream, path, sha256)
+);
 """
 
 
@@ -580,3 +589,19 @@ def branch_upstreams(db: sqlite_utils.Database) -> list[tuple[str, str]]:
         """SELECT DISTINCT b.name, e.upstream FROM branches b
         JOIN manifest_entries e ON e.manifest_id = b.manifest_id ORDER BY b.name, e.upstream"""
     ).fetchall()
+
+
+def absent_files(db: sqlite_utils.Database, upstream: str) -> set[tuple[str, str]]:
+    """(path, sha256) of the files `upstream` answered 404 for when freeze asked."""
+    rows = db.execute("SELECT path, sha256 FROM absent_files WHERE upstream = ?", [upstream])
+    return {(path, sha256) for path, sha256 in rows.fetchall()}
+
+
+def remember_absent(
+    db: sqlite_utils.Database, upstream: str, files: Iterable[tuple[str, str]]
+) -> None:
+    """Keep the upstream's 404 for these files (their content: a new Release asks again)."""
+    rows = [(upstream, path, sha256, time.time()) for path, sha256 in files]
+    if rows:
+        with db.conn:
+            db.conn.executemany("INSERT OR REPLACE INTO absent_files VALUES (?, ?, ?, ?)", rows)

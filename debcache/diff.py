@@ -394,7 +394,8 @@ def load_side(config: Config, db: sqlite_utils.Database, store: FileStore, name:
         manifest = load_manifest(db, resolve_manifest_id(db, name))
         description = f"manifest {manifest.short_id}"
     elif name in (recordings := {row["recording"] for row in queries.recording_summaries(db)}):
-        manifest = plan_manifest(config, db, store, [name], allow_unverified=True)
+        # Read-only: what it would freeze from what is cached; diff never downloads.
+        manifest = plan_manifest(config, db, store, [name], allow_unverified=True, fetch=False)
         description = f"recording {name} (as it would freeze)"
     else:
         candidates = recordings | {row["id"][:SHORT_ID] for row in queries.manifest_rows(db)}

@@ -51,6 +51,12 @@ LOCKFILE_FORMAT = "debcache-manifest/1"
 SHORT_ID = 12
 MAX_UNLISTED_SIZE = 1 << 20  # a Release.gpg is a few kB; nothing larger is fetched unlisted
 INSTALLER_CHOICES = ("recorded", "complete")
+# What a Freezer that must not download (diff's) makes of a file the store lacks: as
+# if the upstream were unreachable, so a variant held elsewhere still serves.
+NOT_FETCHING = DownloadFailure("not in the cache (diff does not fetch)")
+NOT_FETCHING.unreachable = True
+ABSENT_BEFORE = DownloadFailure("the upstream answered 404 for it at an earlier freeze")
+ABSENT_BEFORE.absent = True
 
 
 class FreezeError(DebcacheError):
@@ -80,6 +86,8 @@ class Problem:
     upstream: str
     path: str
     reason: str
+    # A file no recording fetched that completeness (DESIGN §4) could not add.
+    completing: bool = False
 
     def __str__(self) -> str:
         return f"{self.upstream}/{self.path}: {self.reason}"
@@ -152,9 +160,11 @@ class Freezer:
         db: sqlite_utils.Database,
         store: FileStore,
         installer: str = "recorded",
+        fetch: bool = True,
     ) -> None:
         self.config, self.db, self.store = config, db, store
         self.installer = installer
+        self.fetch = fetch  # off: complete from the store only (diff never downloads)
         self.entries: dict[tuple[str, str], Entry] = {}
         self.problems: list[Problem] = []
         self.warnings: list[str] = []  # named in freeze's output; never fail it
@@ -167,10 +177,32 @@ class Freezer:
         # The recorded hosts' architectures (all upstreams: it is a property of the host).
         self.architectures: set[str] = set()
         self.installer_architectures: set[str] = set()
+        self.udeb_recorded = False  # an arch-all udeb shows d-i ran, not on what host
+        self.progress: Callable[[int], None] | None = None
+        self.more_work: Callable[[int], None] | None = None
 
-    def plan(self, recorded: Recorded, progress: Callable[[int], None] | None = None) -> None:
+    @property
+    def installer_used(self) -> bool:
+        return bool(self.installer_architectures) or self.udeb_recorded
+
+    def _installer_architectures(self, info: ReleaseInfo) -> set[str]:
+        """The architectures whose installer index a fresh d-i needs: those its recorded
+        files show; for arch-all udebs alone, the host's, else every one the Release lists."""
+        if self.installer_architectures or not self.udeb_recorded:
+            return self.installer_architectures
+        return self.architectures or {a for a in info.architectures if a != "all"}
+
+    def plan(
+        self,
+        recorded: Recorded,
+        progress: Callable[[int], None] | None = None,
+        more_work: Callable[[int], None] | None = None,
+    ) -> None:
+        """progress(n): n more files done; more_work(n): n files to download were found."""
+        self.progress, self.more_work = progress, more_work
         for files in recorded.files.values():
             for path in files:
+                self.udeb_recorded |= path.startswith("pool/") and path.endswith(".udeb")
                 found = host_architecture(path)
                 if found:
                     self.architectures.add(found[0])
@@ -206,7 +238,7 @@ class Freezer:
             else:
                 self._problem(upstream.name, path, "neither under dists/ nor under pool/")
         releases = {}
-        probes = {s for s, paths in by_suite.items() if set(paths) == {f"dists/{s}/Release"}}
+        probes = {s for s, paths in by_suite.items() if self._is_probe(s, paths)}
         for suite in sorted(set(by_suite) - probes):
             release = self._plan_suite(upstream, suite, by_suite[suite], files)
             if release is not None:
@@ -229,9 +261,7 @@ class Freezer:
         """The suites an install used, and those whose debian-installer index it used."""
         # A suite of which only `Release` was recorded is a probe (d-i's mirror check):
         # nothing of it is installed, so nothing more of it is needed.
-        used = {
-            s: releases[s] for s in sorted(releases) if set(by_suite[s]) != {f"dists/{s}/Release"}
-        }
+        used = {s: releases[s] for s in sorted(releases) if not Freezer._is_probe(s, by_suite[s])}
         # d-i reads the debian-installer index of one suite: the one whose index or images
         # the recordings hold (any used suite when they hold only udebs).
         installer_suites = {
@@ -240,6 +270,11 @@ class Freezer:
             if any("/debian-installer/" in p or "/installer-" in p for p in by_suite[s])
         } or set(used)
         return used, installer_suites
+
+    @staticmethod
+    def _is_probe(suite: str, recorded: Iterable[str]) -> bool:
+        """Only `Release` recorded: debian-installer's mirror check, not a suite in use."""
+        return set(recorded) == {f"dists/{suite}/Release"}
 
     @staticmethod
     def _is_release_file(path: str) -> bool:
@@ -497,7 +532,8 @@ class Freezer:
             listing = listings.find(path)
             if listing is None:
                 suites = ", ".join(sorted(releases))
-                self._problem(upstream.name, path, f"not listed in the Packages of {suites}")
+                kind = "debian-installer Packages" if path.endswith(".udeb") else "Packages"
+                self._problem(upstream.name, path, f"not listed in the {kind} of {suites}")
             elif (listing.sha256, listing.size) != (sha256, size):
                 self._problem(
                     upstream.name, path, f"sha256 or size does not match {listing.index_path}"
@@ -524,40 +560,99 @@ class Freezer:
         wanted: list[tuple[str, str, list[ReleaseEntry]]] = []
         for suite, info in used.items():
             architectures = self.architectures or {a for a in info.architectures if a != "all"}
-            installer = self.installer_architectures if suite in installer_suites else set()
+            installer = self._installer_architectures(info) if suite in installer_suites else set()
             indices = fresh_update_indices(info, architectures, installer)
             wanted += [(suite, index, indices[index]) for index in sorted(indices)]
-        downloads = {
-            entry.sha256: (self._index_paths(suite, used[suite], entry), entry.sha256, entry.size)
-            for suite, _, variants in wanted
-            for entry in variants
-            if not self.store.has(entry.sha256)
-        }
-        failures = self._fetch_all(upstream, list(downloads.values()))
-        arrived: set[str] = set()
+        # Identical indices (an empty Packages in several components) are one download
+        # that may come from any of their names.
+        downloads: dict[str, tuple[list[str], str, int]] = {}
+        names: dict[str, set[str]] = defaultdict(set)  # sha256 -> its plain names
         for suite, _, variants in wanted:
             for entry in variants:
-                failure = failures.get(entry.sha256)
-                if failure is None:
-                    arrived.add(suite)
-                    for path in self._index_paths(suite, used[suite], entry):
-                        if path not in recorded:
-                            self.add(Entry(upstream.name, path, entry.sha256, entry.size))
-                elif not failure.absent:
-                    self._problem(
-                        upstream.name,
-                        f"dists/{suite}/{entry.name}",
-                        f"a fresh apt-get update needs it; not cached, and fetching it failed "
-                        f"({failure})",
-                    )
+                if not self.store.has(entry.sha256):
+                    paths = downloads.setdefault(entry.sha256, ([], entry.sha256, entry.size))[0]
+                    paths += self._index_paths(suite, used[suite], entry)
+                    names[entry.sha256].add(f"dists/{suite}/{entry.name}")
+        failures = self._fetch_absent_once(upstream, downloads, names)
+        arrived: set[str] = set()
+        answered: set[str] = set()  # suites of which some index got an HTTP answer
+        for suite, index, variants in wanted:
+            held = [entry for entry in variants if entry.sha256 not in failures]
+            for entry in held:
+                arrived.add(suite)
+                for path in self._index_paths(suite, used[suite], entry):
+                    if path not in recorded:
+                        self.add(Entry(upstream.name, path, entry.sha256, entry.size))
+            failed = [(entry, failures[entry.sha256]) for entry in variants if entry not in held]
+            if any(not failure.unreachable for _, failure in failed):
+                answered.add(suite)
+            self._variants_not_completed(upstream, f"dists/{suite}/{index}", held, failed)
         # An index the upstream has in no compression (a partial mirror without contrib)
         # no client could fetch either; but a suite of which it has none is a wrong URL.
-        for suite in sorted({suite for suite, _, _ in wanted} - arrived):
+        for suite in sorted(({suite for suite, _, _ in wanted} - arrived) & answered):
             self._problem(
                 upstream.name,
                 f"dists/{suite}/",
                 "a fresh apt-get update needs its indices, but the upstream answered 404 for "
                 f"every one its Release lists (check [upstreams.{upstream.name}] urls)",
+                completing=True,
+            )
+
+    def _fetch_absent_once(
+        self,
+        upstream: Upstream,
+        downloads: dict[str, tuple[list[str], str, int]],
+        names: dict[str, set[str]],
+    ) -> dict[str, DownloadFailure]:
+        """_fetch_all, but what the upstream answered 404 for at an earlier freeze (the
+        same content under every name) is not asked for again, and new 404s are kept."""
+        known = queries.absent_files(self.db, upstream.name)
+        remembered = {
+            sha256 for sha256 in downloads if all((p, sha256) in known for p in names[sha256])
+        }
+        wanted = [item for sha256, item in downloads.items() if sha256 not in remembered]
+        failures = self._fetch_all(upstream, wanted)
+        if self.fetch:
+            absent = [
+                (path, sha256)
+                for sha256, failure in failures.items()
+                if failure.absent
+                for path in names[sha256]
+            ]
+            queries.remember_absent(self.db, upstream.name, absent)
+        return failures | dict.fromkeys(remembered, ABSENT_BEFORE)
+
+    def _variants_not_completed(
+        self,
+        upstream: Upstream,
+        index: str,
+        held: list[ReleaseEntry],
+        failed: list[tuple[ReleaseEntry, DownloadFailure]],
+    ) -> None:
+        """What to make of the variants of an index that neither the store nor the upstream
+        gave. Absent (404) ones no client could have had: left out. With the upstream
+        unreachable, one variant held is enough: apt falls back from a 404 on a by-hash
+        name to the plain one and from one compression to the next (tried: decisions.md),
+        so that is a warning. Anything else could hide a file: a problem."""
+        missing = [(entry, failure) for entry, failure in failed if not failure.absent]
+        if not missing:
+            return
+        if held and all(failure.unreachable for _, failure in missing):
+            names = ", ".join(entry.name.rpartition("/")[2] for entry, _ in missing)
+            kept = ", ".join(entry.name.rpartition("/")[2] for entry in held)
+            first = str(missing[0][1]).split("; ")[0]
+            self.warnings.append(
+                f"{upstream.name}/{index}: {names} not completed, the upstream is unreachable "
+                f"({first}); safe, as apt falls back to the {kept} the manifest holds"
+            )
+            return
+        for entry, failure in missing:
+            why = "the upstream is unreachable" if failure.unreachable else "fetching it failed"
+            self._problem(
+                upstream.name,
+                f"{index.rpartition('/')[0]}/{entry.name.rpartition('/')[2]}",
+                f"a fresh apt-get update needs it; not cached, and {why} ({failure})",
+                completing=True,
             )
 
     @staticmethod
@@ -570,25 +665,26 @@ class Freezer:
     def _complete_installer(
         self,
         upstream: Upstream,
-        used: dict[str, ReleaseInfo],
+        installer_suites: dict[str, ReleaseInfo],
         listings: PackagesListings,
         recorded: dict[str, set[tuple[str, int]]],
     ) -> None:
         """--installer complete: every udeb of the frozen debian-installer Packages of each
         architecture the recordings' installers used, so other hardware installs too."""
         udebs = []
-        for suite, info in used.items():
-            indices = fresh_update_indices(info, set(), self.installer_architectures)
+        for suite, info in installer_suites.items():
+            indices = fresh_update_indices(info, set(), self._installer_architectures(info))
             for index in sorted(i for i in indices if "/debian-installer/" in i):
                 directory = index.rpartition("/")[0]
                 udebs += [
                     u for u in listings.listed_in(suite, directory) if u.pool_path not in recorded
                 ]
-        missing = {
-            u.sha256: ([u.pool_path], u.sha256, u.size)
-            for u in udebs
-            if not self.store.has(u.sha256)
-        }
+        missing: dict[str, tuple[list[str], str, int]] = {}
+        for udeb in udebs:
+            if not self.store.has(udeb.sha256):
+                missing.setdefault(udeb.sha256, ([], udeb.sha256, udeb.size))[0].append(
+                    udeb.pool_path
+                )
         failures = self._fetch_all(upstream, list(missing.values()))
         for udeb in udebs:
             failure = failures.get(udeb.sha256)
@@ -601,6 +697,7 @@ class Freezer:
                     udeb.pool_path,
                     f"--installer complete needs it ({udeb.index_path} lists it); not cached, "
                     f"and fetching it failed ({failure})",
+                    completing=True,
                 )
 
     def _fetch(
@@ -612,6 +709,9 @@ class Freezer:
         `listed`: the verified Release's entry, which the body must match; None for a
         file no index lists (a detached signature, checked by gpgv afterwards).
         """
+        if not self.fetch:
+            self.fetch_failures[(upstream.name, path)] = NOT_FETCHING
+            return None
         if listed is not None:
             failure = self._fetch_all(upstream, [([path], listed.sha256, listed.size)]).get(
                 listed.sha256
@@ -642,6 +742,8 @@ class Freezer:
         """
         if not wanted:
             return {}
+        if not self.fetch:
+            return {sha256: NOT_FETCHING for _, sha256, _ in wanted}
 
         async def fetch_all() -> dict[str, DownloadFailure]:
             limit = asyncio.Semaphore(8)
@@ -654,18 +756,22 @@ class Freezer:
                         failure = await download_blob(session, urls, sha256, size, self.store)
                     if failure is not None:
                         failures[sha256] = failure
+                    if self.progress:
+                        self.progress(1)
 
                 await asyncio.gather(*(fetch(*item) for item in wanted))
             return failures
 
+        if self.more_work:
+            self.more_work(len(wanted))
         self.store.create_directories()
         return asyncio.run(fetch_all())
 
     def add(self, entry: Entry) -> None:
         self.entries[entry.key] = entry
 
-    def _problem(self, upstream: str, path: str, reason: str) -> None:
-        self.problems.append(Problem(upstream, path, reason))
+    def _problem(self, upstream: str, path: str, reason: str, completing: bool = False) -> None:
+        self.problems.append(Problem(upstream, path, reason, completing))
 
     def _blob(self, sha256: str) -> Path:
         blob = self.store.local_path(sha256)
@@ -833,12 +939,15 @@ def plan_manifest(
     allow_unverified: bool = False,
     strict: bool = False,
     installer: str = "recorded",
+    fetch: bool = True,
     progress: Callable[[int], None] | None = None,
+    more_work: Callable[[int], None] | None = None,
 ) -> Manifest:
     """The manifest the recordings would freeze into; raises if a file can't be verified.
 
     strict: refuse recordings with failed fetches that a good install does not have.
     installer "complete": also every udeb the frozen debian-installer Packages list.
+    fetch False: complete from the store only, never downloading (diff's view).
     """
     if installer not in INSTALLER_CHOICES:
         raise BadRequest(
@@ -850,15 +959,15 @@ def plan_manifest(
     failures = [f for f in failed_fetches(db, recordings) if not f.expected]
     if strict and failures:
         raise FailedFetches(failures)
-    freezer = Freezer(config, db, store, installer)
+    freezer = Freezer(config, db, store, installer, fetch)
     recorded = Recorded.load(db, recordings)
     if not recorded.files:
         raise FreezeError(
             f"{recordings_named(recordings)} received no file whole, so there is nothing to freeze",
             "record the install again; `debcache recordings show NAME` lists its failed fetches",
         )
-    freezer.plan(recorded, progress)
-    if installer == "complete" and not freezer.installer_architectures:
+    freezer.plan(recorded, progress, more_work)
+    if installer == "complete" and not freezer.installer_used:
         raise FreezeError(
             f"{recordings_named(recordings)} used no debian-installer (no udeb, installer "
             "image or debian-installer index), so --installer complete has nothing to complete",
@@ -867,6 +976,10 @@ def plan_manifest(
     unverified = _unverified(freezer, recorded)
     if unverified and not allow_unverified:
         raise UnverifiableFiles(unverified)
+    # `unverified` lists what the manifest holds unverified; what completeness could
+    # not add is not in it, so it is a warning.
+    left_out = [f"{p}; not in the manifest" for p in unverified if p.completing]
+    unverified = [p for p in unverified if not p.completing]
     probes_left_out = [] if allow_unverified else freezer.unverified_probes
     if allow_unverified:  # the flag's promise: every recorded file in, marked unverified
         unverified += freezer.unverified_probes
@@ -896,7 +1009,7 @@ def plan_manifest(
         freezer.releases,
         [str(p) for p in unverified],
         completed,
-        warnings + freezer.warnings,
+        warnings + freezer.warnings + left_out,
     )
 
 
@@ -942,10 +1055,26 @@ class UnverifiableFiles(FreezeError):
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
+        completing = sum(p.completing for p in problems)
+        recorded = len(problems) - completing
+        what, remedies = [], []
+        if recorded:
+            what.append(f"{recorded} recorded file(s) could not be verified")
+            remedies.append("fix the mirror or the keyring and record again")
+        if completing:
+            what.append(
+                f"{completing} file(s) a fresh install needs could not be completed: neither "
+                "cached nor fetched from the upstream"
+            )
+            remedies.append("make the upstream reachable (or fix its urls) and freeze again")
+        allowed = {
+            (True, False): "to include them marked unverified",
+            (False, True): "to freeze without them (named as warnings)",
+            (True, True): "to include the recorded ones marked unverified and freeze "
+            "without the others",
+        }[bool(recorded), bool(completing)]
         super().__init__(
-            f"{len(problems)} recorded file(s) could not be verified",
-            "fix the mirror or the keyring and record again, or pass --allow-unverified "
-            "to include them marked unverified",
+            "; ".join(what), f"{', or '.join(remedies)}, or pass --allow-unverified {allowed}"
         )
 
     def __str__(self) -> str:

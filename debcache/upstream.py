@@ -139,9 +139,11 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int = 65536) -> 
 
 
 class DownloadFailure(str):
-    """Why a download failed, as text; `absent` when every URL answered 404 or 410."""
+    """Why a download failed, as text; `absent` when every URL answered 404 or 410,
+    `unreachable` when none answered at all (connection refused or reset, timeout)."""
 
     absent: bool = False
+    unreachable: bool = False
 
 
 async def download_blob(
@@ -180,6 +182,7 @@ async def fetch_into_store(
     """
     failures = []
     absent = True
+    answered = False  # some URL sent an HTTP answer: the upstream is up
     client_timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=CONNECT_TIMEOUT, sock_read=timeout
     )
@@ -187,6 +190,7 @@ async def fetch_into_store(
         temp = store.create_temp()
         try:
             async with session.get(url, timeout=client_timeout) as response:
+                answered = True
                 if response.status != 200:
                     failures.append(f"{url}: HTTP {response.status}")
                     absent &= response.status in (404, 410)
@@ -213,6 +217,7 @@ async def fetch_into_store(
             temp.unlink(missing_ok=True)
     failure = DownloadFailure("; ".join(failures) or "no URL to fetch it from")
     failure.absent = absent and bool(failures)
+    failure.unreachable = not answered and bool(failures)
     return failure
 
 

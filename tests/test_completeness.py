@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 from apt import AptRoot
-from archive_fixture import Archive, build_security_archive, build_test_archive, point_release
+from archive_fixture import (
+    Archive,
+    PackageSpec,
+    build_security_archive,
+    build_test_archive,
+    point_release,
+)
 from debcache_server import DebcacheServer, make_config, write_config_file
 from fake_mirror import FakeMirror, Fault
 from http_client import get, request
@@ -214,13 +220,105 @@ def test_an_index_that_can_be_neither_found_nor_fetched_fails_the_freeze(
         real_mirror.set_fault(f"/debian/{path}", Fault.status(503))
     result = run(lab_debcache, "freeze", "warm-run")
     assert result.exit_code == 1
+    # Nothing recorded failed: the header says what did, and what to do.
+    assert result.output.startswith(
+        "Error: 1 file(s) a fresh install needs could not be completed: neither cached nor "
+        "fetched from the upstream. Make the upstream reachable (or fix its urls) and freeze "
+        "again, or pass --allow-unverified to freeze without them"
+    ), result.output
     assert f"debian/{gz}: a fresh apt-get update needs it" in result.output
     assert "HTTP 503" in result.output and "Traceback" not in result.output
+    # Left out, so not "unverified" (what the manifest holds unverified): a warning.
     allowed = freeze_json(lab_debcache, "warm-run", "--allow-unverified")
-    assert any(gz in line for line in allowed["unverified"])
+    assert allowed["unverified"] == []
+    assert any(gz in w and w.endswith("not in the manifest") for w in allowed["warnings"])
     for path in (gz, by_hash):
         real_mirror.clear_fault(f"/debian/{path}")
     assert freeze_json(lab_debcache, "warm-run")["unverified"] == []
+
+
+def install_from(
+    server: DebcacheServer, archive: Archive, directory: Path, branch: str, options: dict
+) -> dict[str, bytes]:
+    """A fresh apt state that updates from the pin (falling back where it must) and
+    downloads PACKAGES; the .debs."""
+    apt = AptRoot(directory)
+    apt.write_sources(sources(archive, f"{server.url}/pin/{branch}/debian"))
+    update = apt.update(options={**WITH_TRANSLATIONS, **options})
+    assert update.returncode == 0 and "W:" not in update.stderr, update.stdout + update.stderr
+    result = apt.download(*PACKAGES, options={**WITH_TRANSLATIONS, **options})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return apt.downloaded()
+
+
+def test_with_the_upstream_unreachable_freeze_completes_what_the_cache_has_and_says_so(
+    lab_debcache: DebcacheServer, real_mirror: FakeMirror, lab_archive: Archive, tmp_path: Path
+) -> None:
+    # A fresh host: it fetched one compression of each index, by hash.
+    host = AptRoot(tmp_path / "fresh-host")
+    host.write_sources(sources(lab_archive, f"{real_mirror.url}/debian"))
+    run_through(lab_debcache, real_mirror, host, "fresh-run", *PACKAGES)
+    real_mirror.stop()  # a mirror blip during the nightly freeze
+
+    frozen = freeze_json(lab_debcache, "fresh-run", "--promote", "lab")
+    assert frozen["unverified"] == []
+    index = "debian/dists/bookworm/main/binary-amd64/Packages"
+    (warning,) = [w for w in frozen["warnings"] if w.startswith(f"{index}: ")]
+    assert "Packages.gz" in warning and "not completed, the upstream is unreachable" in warning
+    assert "Cannot connect" in warning and "apt falls back to the Packages.xz" in warning
+    # Every fresh host still updates and installs: apt falls back to what the pin holds.
+    for number, options in enumerate(FRESH_HOSTS.values()):
+        fresh = install_from(
+            lab_debcache, lab_archive, tmp_path / f"fresh-{number}", "lab", options
+        )
+        assert fresh == host.downloaded()
+
+
+def test_a_recording_frozen_before_freezes_again_with_the_upstream_unreachable(
+    lab_debcache: DebcacheServer, real_mirror: FakeMirror, lab_archive: Archive, tmp_path: Path
+) -> None:
+    host = warm_host(lab_debcache, real_mirror, lab_archive, tmp_path)
+    run_through(lab_debcache, real_mirror, host, "warm-run", "hello")
+    first = freeze_json(lab_debcache, "warm-run")
+    real_mirror.stop()
+    # The uncompressed Translation-en the Release lists is on no mirror, so never cached;
+    # the first freeze's 404 for it is remembered, so nothing is missing.
+    again = freeze_json(lab_debcache, "warm-run")
+    assert (again["id"], again["unverified"], again["warnings"]) == (first["id"], [], [])
+
+
+def test_with_the_upstream_unreachable_an_index_with_no_variant_cached_fails_the_freeze(
+    lab_debcache: DebcacheServer, real_mirror: FakeMirror, lab_archive: Archive, tmp_path: Path
+) -> None:
+    # Lists made straight from the mirror: debcache caches nothing but what is recorded.
+    host = AptRoot(tmp_path / "direct")
+    host.write_sources(sources(lab_archive, f"{real_mirror.url}/debian"))
+    assert host.update(options=WITH_TRANSLATIONS).returncode == 0
+    run_through(lab_debcache, real_mirror, host, "bare")
+    real_mirror.stop()
+    result = run(lab_debcache, "freeze", "bare")
+    assert result.exit_code == 1
+    header = result.output.splitlines()[0]
+    assert "file(s) a fresh install needs could not be completed" in header, header
+    assert "recorded file(s)" not in header and "Make the upstream reachable" in header
+    packages = "debian/dists/bookworm/main/binary-amd64/Packages.xz"
+    assert (
+        f"{packages}: a fresh apt-get update needs it; not cached, and the upstream is "
+        "unreachable" in result.output
+    )
+    assert "answered 404" not in result.output and "Traceback" not in result.output
+
+
+def test_diff_of_a_recording_never_downloads(
+    lab_debcache: DebcacheServer, real_mirror: FakeMirror, lab_archive: Archive, tmp_path: Path
+) -> None:
+    host = warm_host(lab_debcache, real_mirror, lab_archive, tmp_path)
+    run_through(lab_debcache, real_mirror, host, "warm-run", "hello")
+    asked = len(real_mirror.requests)
+    reply = get(lab_debcache.url, "/_/api/diff?a=warm-run&b=warm-run")
+    assert reply.status == 200, reply.body
+    assert run(lab_debcache, "diff", "warm-run", "warm-run").exit_code == 0
+    assert len(real_mirror.requests) == asked, real_mirror.requests[asked:]
 
 
 def test_after_a_point_release_freeze_completes_from_the_by_hash_names_the_mirror_kept(
@@ -273,6 +371,28 @@ def test_a_component_the_mirror_does_not_carry_is_left_out(
         lab_debcache, lab_archive, tmp_path / "fresh", "lab", {}, "greet-tzdata"
     )
     assert fresh == host.downloaded()
+
+
+def test_identical_indices_of_two_components_are_completed_from_either_name(
+    lab_debcache: DebcacheServer, real_mirror: FakeMirror, lab_archive: Archive, tmp_path: Path
+) -> None:
+    # contrib and non-free list no package: their indices have the same bytes.
+    lab_archive.publish_suite(
+        "bookworm-updates",
+        lab_archive.packages("bookworm-updates"),
+        codename="bookworm-updates",
+        components=("main", "contrib", "non-free"),
+        translations=True,
+    )
+    contrib = "dists/bookworm-updates/contrib/binary-amd64/Packages.xz"
+    non_free = "dists/bookworm-updates/non-free/binary-amd64/Packages.xz"
+    assert lab_archive.sha256(contrib) == lab_archive.sha256(non_free)
+    host = warm_host(lab_debcache, real_mirror, lab_archive, tmp_path)
+    run_through(lab_debcache, real_mirror, host, "warm-run", "greet-tzdata")
+    delete_indices(lab_archive, "bookworm-updates", "non-free")  # only contrib's names answer
+    frozen = freeze_json(lab_debcache, "warm-run")
+    paths = {e["path"] for e in manifest_json(lab_debcache, frozen["id"])["entries"]}
+    assert contrib in paths and by_hash_of(lab_archive, contrib) in paths
 
 
 def test_a_suite_whose_indices_the_upstream_has_none_of_fails_the_freeze(
@@ -402,6 +522,30 @@ def test_installer_complete_holds_every_udeb_of_the_frozen_installer_index(
     own_mirror.stop()
     reply = get(own_debcache.url, f"/pin/di/debian/{kernel_udeb}")
     assert reply.status == 200 and reply.body == own_archive.read(kernel_udeb)
+
+
+def test_a_recorded_arch_all_udeb_completes_its_suites_installer_index(
+    own_debcache: DebcacheServer, own_archive: Archive
+) -> None:
+    rescue = PackageSpec(
+        "rescue-check", "1.0", kind="udeb", architecture="all", section="debian-installer"
+    )
+    own_archive.publish_suite(
+        "bookworm", [*own_archive.packages("bookworm"), rescue], codename="bookworm"
+    )
+    # apt-setup's InRelease and one arch-all udeb: no index or image shows an architecture.
+    paths = ["dists/bookworm/InRelease", own_archive.pool_path("rescue-check")]
+    for path in paths:
+        assert get(own_debcache.url, f"/record/di-all/debian/{path}").status == 200, path
+    own_debcache.wait_for_fetches(len(paths), recording="di-all")
+
+    frozen = freeze_json(own_debcache, "di-all")
+    entries = {e["path"] for e in manifest_json(own_debcache, frozen["id"])["entries"]}
+    assert set(paths) <= entries
+    assert "dists/bookworm/main/debian-installer/binary-amd64/Packages.xz" in entries
+    complete = freeze_json(own_debcache, "di-all", "--installer", "complete")
+    entries = {e["path"] for e in manifest_json(own_debcache, complete["id"])["entries"]}
+    assert own_archive.pool_path("netcfg-test") in entries
 
 
 def test_the_api_freezes_with_the_installer_complete(
