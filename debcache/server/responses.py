@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +18,7 @@ from aiohttp import web
 
 from ..archive import classify_path, content_type_for
 from ..errors import NotFound
+from ..http_dates import http_seconds
 from ..recording import FetchRecord
 
 log = logging.getLogger(__name__)
@@ -168,8 +168,3 @@ def _range_applies(request: web.Request, last_modified: float, sha256: str) -> b
     date = request.if_range
     # apt sends the mtime of its partial file, which it set from our Last-Modified.
     return date is not None and http_seconds(last_modified) <= date.timestamp()
-
-
-def http_seconds(timestamp: float) -> int:
-    """The whole second a Last-Modified header shows (aiohttp rounds up)."""
-    return math.ceil(timestamp)
