@@ -24,14 +24,8 @@ from .archive import by_hash_sha256, classify_path, is_packages_index, packages_
 from .config import Upstream
 from .db import Database
 from .errors import UpstreamUnavailable
-from .inflight import (
-    CompletedBody,
-    Download,
-    DownloadPlan,
-    Downloads,
-    ExpectedContent,
-    http_date_timestamp,
-)
+from .http_dates import http_date_timestamp
+from .inflight import CompletedBody, Download, DownloadPlan, Downloads, ExpectedContent
 from .store import FileStore
 from .upstream import UpstreamClient, Validators, read_limited
 

@@ -18,7 +18,6 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import aiofiles
@@ -260,13 +259,3 @@ class DownloadPlan:
     download: Download
     expected: Awaitable[ExpectedContent | None]
     commit: Callable[[CompletedBody], Path]
-
-
-def http_date_timestamp(value: str | None) -> float | None:
-    """The POSIX time of an HTTP date header, or None."""
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None

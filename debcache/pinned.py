@@ -37,7 +37,7 @@ from .archive import upstream_url as url_of
 from .config import Config, toml_table
 from .db import Database
 from .errors import Forbidden, NotFound, UpstreamUnavailable
-from .inflight import http_date_timestamp
+from .http_dates import http_date_timestamp
 from .manifest import SHORT_ID
 from .resign import resign_release
 from .store import FileStore

@@ -6,22 +6,28 @@ or with the admin token.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from apt import AptRoot
 from archive_fixture import Archive
-from debcache_server import DebcacheServer
+from debcache_server import DebcacheServer, make_config
 from fake_mirror import FakeMirror
-from http_client import request
+from http_client import Reply, request
+from processes import wait_until
 from workflow import record_install, run
 
 from debcache.config import Config
 from debcache.errors import Forbidden
-from debcache.server.api import check_may_change
-from debcache.server.keys import CONFIG
+from debcache.server.api import check_may_change as check_may_change_async
+from debcache.server.keys import CONFIG, MACHINE_NAMES
+from debcache.server.machine_names import MachineNames
 
 
 def call(server: DebcacheServer, method: str, target: str, body: object = None):
@@ -78,10 +84,15 @@ def mocked(remote: str, token: str, offered: str | None, host: str = "127.0.0.1:
     headers = {"Authorization": f"Bearer {offered}"} if offered else {}
     headers["Host"] = host
     app = {
-        CONFIG: Config(listen=(), data_dir=Path("/nonexistent"), upstreams={}, admin_token=token)
+        CONFIG: Config(listen=(), data_dir=Path("/nonexistent"), upstreams={}, admin_token=token),
+        MACHINE_NAMES: MachineNames(),
     }
     return make_mocked_request("POST", "/_/api/freeze", headers=headers, app=app,
                                transport=_Transport(remote))  # fmt: skip
+
+
+def check_may_change(request) -> None:
+    asyncio.run(check_may_change_async(request))
 
 
 class _Transport:
@@ -101,6 +112,54 @@ def test_loopback_trust_does_not_extend_to_rebound_domains() -> None:
     check_may_change(mocked("127.0.0.1", "", None, host="localhost:3142"))
     check_may_change(mocked("::1", "", None, host="[::1]:3142"))
     check_may_change(mocked("127.0.0.1", "s3cret", "s3cret", host="evil.example.org"))
+
+
+def test_a_slow_name_lookup_holds_up_no_other_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whether a Host names this machine can take a DNS lookup (socket.getfqdn). Here
+    # the resolver does not answer until the test says so: every other request must
+    # be answered meanwhile, and the change only once its Host is known.
+    asked, answer = threading.Event(), threading.Event()
+    real_getfqdn = socket.getfqdn
+
+    def unanswered_lookup(name: str = "") -> str:
+        asked.set()
+        answer.wait(timeout=60)
+        return real_getfqdn(name)
+
+    monkeypatch.setattr(socket, "getfqdn", unanswered_lookup)
+    config = make_config(tmp_path / "data", {"debian": ["http://127.0.0.1:9/debian"]})
+    with DebcacheServer(config) as server:
+        try:
+            replies: list[Reply] = []
+            change = threading.Thread(
+                target=lambda: replies.append(
+                    rollback(server, f"rebound.example.org:{server.port}")
+                )
+            )
+            change.start()
+            wait_until(asked.is_set, "debcache to look up this machine's name")
+            with ThreadPoolExecutor(4) as pool:
+                health = list(
+                    pool.map(lambda _: request(server.url, "/_/health", timeout=10), range(8))
+                )
+            assert [reply.status for reply in health] == [200] * 8
+            assert change.is_alive() and not replies  # undecided while the name is unknown
+        finally:
+            answer.set()
+        change.join(timeout=30)
+        assert replies and replies[0].status == 403
+        # This machine's own names are trusted once known: the change goes through to
+        # the branch lookup (no branch b: 404), not the loopback refusal.
+        for own in {real_getfqdn(), socket.gethostname(), "localhost", "127.0.0.1"}:
+            assert rollback(server, f"{own}:{server.port}").status == 404, own
+
+
+def rollback(server: DebcacheServer, host: str) -> Reply:
+    """POST /_/api/branches/b/rollback with this Host header."""
+    headers = {"Host": host, "Content-Type": "application/json"}
+    return request(server.url, "/_/api/branches/b/rollback", "POST", headers, 60, b"{}")
 
 
 @pytest.mark.parametrize(

@@ -303,6 +303,59 @@ def test_head_range_and_conditional_requests_on_hits(
     assert upstream.count(f"/debian/{DEB}") == 1
 
 
+def range_cases(size: int) -> list[tuple[str, int, slice]]:
+    """(Range, status, the part of the body sent) for a file of `size` bytes (RFC 9110 14)."""
+    whole = slice(None)
+    return [
+        ("bytes=100-", 206, slice(100, None)),
+        ("bytes=0-0", 206, slice(0, 1)),
+        ("bytes=-100", 206, slice(size - 100, None)),
+        (f"bytes=-{size * 2}", 206, whole),  # a suffix longer than the file: all of it
+        (f"bytes=100-{size * 2}", 206, slice(100, None)),
+        ("Bytes=10-19", 206, slice(10, 20)),  # range units are case-insensitive
+        ("bytes=10-19,", 206, slice(10, 20)),  # empty list elements are ignored
+        # Not a valid bytes range set: the header is ignored, the whole file is sent.
+        ("bytes=abc", 200, whole),
+        ("items=0-1", 200, whole),  # a unit we don't know: MUST be ignored
+        ("bytes= 0-1", 200, whole),  # no whitespace around "=" in the grammar
+        ("bytes =0-1", 200, whole),
+        ("bytes=5-2", 200, whole),  # last before first: invalid
+        ("bytes=", 200, whole),
+        ("bytes=-", 200, whole),
+        ("bytes=0-1,abc", 200, whole),  # one invalid range invalidates the set
+        ("bytes=0x10-", 200, whole),
+        # Several ranges: ignored too (no multipart/byteranges), the whole file.
+        ("bytes=0-1,5-6", 200, whole),
+        (f"bytes=0-1, {size}-", 200, whole),
+        # Valid, and no range overlaps the file: 416 with the file's size.
+        ("bytes=-0", 416, slice(0, 0)),
+        (f"bytes={size}-", 416, slice(0, 0)),
+        (f"bytes={size}-,{size + 5}-{size + 9}", 416, slice(0, 0)),
+        ("bytes=" + "9" * 5000 + "-", 416, slice(0, 0)),
+    ]
+
+
+def test_only_a_valid_byte_range_is_applied_and_only_an_unsatisfiable_one_refused(
+    cache: DebcacheServer, files: Path
+) -> None:
+    body, size = content(files, DEB), len(content(files, DEB))
+    assert get(cache.url, f"/debian/{DEB}").body == body  # now a hit
+    for header, status, part in range_cases(size):
+        reply = get(cache.url, f"/debian/{DEB}", headers={"Range": header})
+        assert (reply.status, reply.body) == (status, body[part]), header
+        content_range = reply.header("Content-Range")
+        if status == 206:
+            first, sent = part.indices(size)[0], len(body[part])
+            assert content_range == f"bytes {first}-{first + sent - 1}/{size}", header
+        elif status == 416:
+            assert content_range == f"bytes */{size}", header
+        else:
+            assert content_range is None, header
+    # Range is defined for GET only (RFC 9110 14.2): a HEAD shows the whole file.
+    head = get(cache.url, f"/debian/{DEB}", method="HEAD", headers={"Range": "bytes=100-"})
+    assert head.status == 200 and head.header("Content-Length") == str(size)
+
+
 def test_a_range_request_on_a_miss_gets_the_whole_file(cache: DebcacheServer, files: Path) -> None:
     reply = get(cache.url, f"/debian/{DEB}", headers={"Range": "bytes=100-"})
     assert reply.status == 200 and reply.body == content(files, DEB)

@@ -208,6 +208,13 @@ def test_pinned_files_have_validators_and_manifest_urls_are_immutable(
     immutable = get(own_debcache.url, f"/manifest/{manifest}/debian/{hello}")
     assert immutable.body == body
     assert immutable.header("Cache-Control") == "public, max-age=31536000, immutable"
+    for route in (f"/pin/b1/debian/{hello}", f"/manifest/{manifest}/debian/{hello}"):
+        # An invalid Range is ignored; only a valid one that misses the file gets 416.
+        ignored = get(own_debcache.url, route, headers={"Range": "bytes=5-2"})
+        assert (ignored.status, ignored.body) == (200, body), route
+        refused = get(own_debcache.url, route, headers={"Range": "bytes=-0"})
+        assert refused.status == 416, route
+        assert refused.header("Content-Range") == f"bytes */{len(body)}", route
     assert get(own_debcache.url, f"/manifest/{manifest[:12]}/debian/{hello}").status == 400
     requests_before = len(own_mirror.requests)
     assert get(own_debcache.url, f"/pin/b1/debian/{own_archive.pool_path('bigpkg')}").status == 404

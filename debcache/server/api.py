@@ -10,7 +10,6 @@ import asyncio
 import hmac
 import ipaddress
 import json
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +29,7 @@ from ..manifest import (
 )
 from ..recording import recording_contents, recording_summaries
 from ..store import FileStore
-from .keys import CONFIG
+from .keys import CONFIG, MACHINE_NAMES
 
 
 def routes() -> list[web.RouteDef]:
@@ -68,9 +67,9 @@ def _json(document: object) -> web.Response:
     )
 
 
-def check_may_change(request: web.Request) -> None:
+async def check_may_change(request: web.Request) -> None:
     """Mutations come from this machine, or carry `Authorization: Bearer <admin_token>`."""
-    if _is_loopback(request.remote) and _names_this_machine(request.host):
+    if _is_loopback(request.remote) and await _names_this_machine(request):
         return
     token = request.app[CONFIG].admin_token
     offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -82,12 +81,13 @@ def check_may_change(request: web.Request) -> None:
     )
 
 
-def _names_this_machine(host: str) -> bool:
+async def _names_this_machine(request: web.Request) -> bool:
     """The Host a local client uses: an address, localhost or this machine's own name.
 
     A web page that rebinds its own domain to 127.0.0.1 still sends that domain in
     Host, so loopback trust does not extend to it (DNS rebinding).
     """
+    host = request.host
     if host.startswith("["):  # [v6]:port
         name = host[1 : host.find("]")]
     else:
@@ -98,8 +98,7 @@ def _names_this_machine(host: str) -> bool:
         return True
     except ValueError:
         pass
-    own = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
-    return name in own or name.endswith(".localhost")
+    return name.endswith(".localhost") or await request.app[MACHINE_NAMES].include(name)
 
 
 def _is_loopback(address: str | None) -> bool:
@@ -199,7 +198,7 @@ async def difference(request: web.Request) -> web.Response:
 async def freeze_recordings(request: web.Request) -> web.Response:
     """Freeze recordings: {"recordings": [...], "label", "promote", "allow_unverified",
     "strict", "installer": "recorded" or "complete"}."""
-    check_may_change(request)
+    await check_may_change(request)
     body = await _body(request)
     names = body.get("recordings")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
@@ -234,7 +233,7 @@ async def freeze_recordings(request: web.Request) -> web.Response:
 
 async def promote_branch(request: web.Request) -> web.Response:
     """Point a branch at a manifest: {"manifest": ID, "note": ...}."""
-    check_may_change(request)
+    await check_may_change(request)
     body = await _body(request)
     name = request.match_info["name"]
     change = await _run(
@@ -246,7 +245,7 @@ async def promote_branch(request: web.Request) -> web.Response:
 
 async def rollback_branch(request: web.Request) -> web.Response:
     """Roll a branch back: {"to": ID or null, "note": ...}."""
-    check_may_change(request)
+    await check_may_change(request)
     body = await _body(request)
     name = request.match_info["name"]
     change = await _run(

@@ -8,6 +8,7 @@ from ..db import Database
 from ..metrics import Metrics
 from ..pinned import PinnedFiles
 from ..recording import FetchLog
+from .machine_names import MachineNames
 
 CONFIG = web.AppKey("config", Config)
 CACHE = web.AppKey("cache", LiveCache)
@@ -15,3 +16,4 @@ FETCH_LOG = web.AppKey("fetch_log", FetchLog)
 PINNED = web.AppKey("pinned", PinnedFiles)
 METRICS = web.AppKey("metrics", Metrics)
 DATABASE = web.AppKey("database", Database)
+MACHINE_NAMES = web.AppKey("machine_names", MachineNames)

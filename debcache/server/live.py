@@ -18,7 +18,7 @@ from ..archive import parse_archive_path
 from ..cache import FromStore, Outcome, PassedOn, Streaming
 from ..config import Config, Upstream
 from ..errors import DebcacheError, Forbidden, NotFound, UpstreamUnavailable
-from ..inflight import http_date_timestamp
+from ..http_dates import http_date_timestamp
 from ..recording import FetchRecord, check_recording_name, recording_from_credentials
 from .keys import CACHE, CONFIG, FETCH_LOG
 from .responses import SOURCE_HEADER, archive_headers, send_blob

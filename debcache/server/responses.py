@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
+import re
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +19,7 @@ from aiohttp import web
 
 from ..archive import classify_path, content_type_for
 from ..errors import NotFound
+from ..http_dates import http_seconds
 from ..recording import FetchRecord
 
 log = logging.getLogger(__name__)
@@ -130,23 +131,85 @@ def _blob_response(
 def _byte_range(
     request: web.Request, size: int, last_modified: float, sha256: str
 ) -> tuple[int, int, int] | None:
-    """(status, first byte, byte count) to send; None when the range can't be satisfied."""
-    if "Range" not in request.headers or not _range_applies(request, last_modified, sha256):
+    """(status, first byte, byte count) to send; None when the range can't be satisfied.
+
+    RFC 9110 14.2: a Range header that is not a valid bytes range set (bad syntax,
+    another unit) is ignored, and so are several ranges (no multipart/byteranges
+    here): the whole file is a correct answer to both. Only a valid set of which
+    no range overlaps the file gets 416. Range applies to GET only.
+    """
+    header = request.headers.get("Range")
+    if header is None or request.method != "GET":
         return 200, 0, size
-    try:
-        wanted = request.http_range
-    except ValueError:
-        return None  # malformed or several ranges (apt never asks for those)
-    start, stop = wanted.start, wanted.stop
-    if start is None:
+    ranges = parse_byte_ranges(header)
+    if ranges is None or not _range_applies(request, last_modified, sha256):
         return 200, 0, size
-    if start < 0:  # bytes=-N: the last N bytes
-        start = max(0, size + start)
-        stop = size
-    end = size if stop is None else min(stop, size)
-    if start >= size or end <= start:
+    spans = [span for span in (_span(wanted, size) for wanted in ranges) if span is not None]
+    if not spans:
         return None
-    return 206, start, end - start
+    start, count = spans[0]
+    if len(ranges) > 1 or count == 0:  # several ranges, or a suffix of an empty file
+        return 200, 0, size
+    return 206, start, count
+
+
+ByteRange = tuple[int | None, int | None]  # (first, last) inclusive; (None, n): the last n
+_RANGE_SPEC = re.compile(r"([0-9]+)-([0-9]*)|-([0-9]+)")
+_LIST_SEPARATOR = re.compile(r"[ \t]*,[ \t]*")
+_PAST_ANY_FILE = 2**63  # any position of 19 digits or more: past the end of every file
+
+
+def parse_byte_ranges(header: str) -> list[ByteRange] | None:
+    """The ranges of a `Range: bytes=...` header; None unless it is a valid range set.
+
+    RFC 9110 14.1: ranges-specifier = range-unit "=" range-set, with no whitespace
+    around "=" and optional whitespace around the commas; empty list elements are
+    skipped (5.6.1); a range whose last byte comes before its first is invalid.
+    """
+    unit, equals, range_set = header.partition("=")
+    if not equals or unit.lower() != "bytes":
+        return None
+    ranges: list[ByteRange] = []
+    for element in _LIST_SEPARATOR.split(range_set):
+        if not element:
+            continue
+        match = _RANGE_SPEC.fullmatch(element)
+        if match is None:
+            return None
+        first, last, suffix = match.groups()
+        if suffix is not None:
+            ranges.append((None, _position(suffix)))
+        elif last and _digits_value_key(last) < _digits_value_key(first):
+            return None
+        else:
+            ranges.append((_position(first), _position(last) if last else None))
+    return ranges or None
+
+
+def _span(wanted: ByteRange, size: int) -> tuple[int, int] | None:
+    """(first byte, byte count) of a range within `size` bytes; None if it misses them all."""
+    first, last = wanted
+    if first is None:  # a suffix: the last `last` bytes, all of a shorter file
+        assert last is not None
+        if last == 0:
+            return None
+        start = max(0, size - last)
+        return start, size - start
+    if first >= size:
+        return None
+    end = size if last is None else min(last + 1, size)
+    return first, end - first
+
+
+def _position(digits: str) -> int:
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) < 19 else _PAST_ANY_FILE
+
+
+def _digits_value_key(digits: str) -> tuple[int, str]:
+    """Orders decimal strings by value without converting them (they may be thousands long)."""
+    significant = digits.lstrip("0")
+    return len(significant), significant
 
 
 def _not_modified(request: web.Request, last_modified: float, sha256: str) -> bool:
@@ -168,8 +231,3 @@ def _range_applies(request: web.Request, last_modified: float, sha256: str) -> b
     date = request.if_range
     # apt sends the mtime of its partial file, which it set from our Last-Modified.
     return date is not None and http_seconds(last_modified) <= date.timestamp()
-
-
-def http_seconds(timestamp: float) -> int:
-    """The whole second a Last-Modified header shows (aiohttp rounds up)."""
-    return math.ceil(timestamp)
