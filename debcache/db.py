@@ -129,25 +129,19 @@ def connect(path: Path, check_same_thread: bool = True) -> sqlite_utils.Database
 
 
 def connect_read_only(path: Path) -> sqlite_utils.Database:
-    """A connection that never writes: no schema, no migration, no new files when it can
-    help it, so it works for a user who may only read the data dir.
+    """A connection that writes nothing, no schema and no file, so that it works for a
+    user who may only read the data dir and leaves no file of theirs behind.
 
-    A WAL database opens read-only (`mode=ro`) when its -wal and -shm files exist (a
-    server has it open) or the reader may create them. When neither holds, no
-    connection has the database open (the last one to close checkpointed the WAL into
-    the file and removed it), so the file alone is the whole database: it is opened
-    `immutable`. See docs/decisions.md, "Read-only commands".
+    With a -wal file there, a connection has the database open (a server) or had it
+    (a crash): read through the WAL and its -shm index (`mode=ro`). Without one, nobody
+    has it open (the last connection to close checkpointed the WAL into the file and
+    removed it), so the file alone is the whole database: read it `immutable`, which
+    creates no -wal or -shm. See docs/decisions.md, "Read-only commands".
     """
     uri = path.resolve().as_uri()
-    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
-    try:
-        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
-    except sqlite3.OperationalError as exc:
-        conn.close()
-        name = getattr(exc, "sqlite_errorname", "") or ""
-        wal = path.with_name(path.name + "-wal")
-        if not name.startswith("SQLITE_READONLY") or wal.exists():
-            raise
+    if path.with_name(path.name + "-wal").exists():
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+    else:
         conn = sqlite3.connect(f"{uri}?immutable=1", uri=True)
     return sqlite_utils.Database(conn)
 
