@@ -495,8 +495,9 @@ def received_dists_paths(db: sqlite_utils.Database, recordings: list[str]) -> se
     return {tuple(row) for row in rows}
 
 
-def recording_summaries(db: sqlite_utils.Database) -> list[dict]:
-    """One row per recording: first/last fetch, files received, clients, upstreams."""
+def recording_summaries(db: sqlite_utils.Database, limit: int | None = None) -> list[dict]:
+    """One row per recording, newest first (the `limit` newest when given): first/last
+    fetch, files received, clients, upstreams."""
     return list(
         db.query(
             f"""SELECT recording, MIN(time) AS first, MAX(time) AS last,
@@ -504,7 +505,8 @@ def recording_summaries(db: sqlite_utils.Database) -> list[dict]:
             COUNT(DISTINCT client) AS clients,
             GROUP_CONCAT(DISTINCT upstream) AS upstreams
             FROM fetches WHERE recording IS NOT NULL
-            GROUP BY recording ORDER BY MAX(time) DESC"""
+            GROUP BY recording ORDER BY MAX(time) DESC LIMIT ?""",
+            [-1 if limit is None else limit],
         )
     )
 

@@ -42,7 +42,7 @@ def collect_status(config: Config, db: sqlite_utils.Database) -> dict:
             for row in queries.branch_rows(db)
         ],
         "manifests": queries.manifest_count(db),
-        "recordings": queries.recording_summaries(db)[:RECENT_RECORDINGS],
+        "recordings": queries.recording_summaries(db, RECENT_RECORDINGS),
         "cache": {"files": files, "bytes": size},
         "last_24h": {
             "requests": total,
