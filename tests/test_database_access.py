@@ -147,6 +147,22 @@ def test_a_read_only_command_leaves_an_old_schema_alone_and_says_so(data_dir: Pa
     assert files_of(data_dir) == before
 
 
+def test_a_database_made_before_the_time_index_gets_it_at_the_next_start(data_dir: Path) -> None:
+    path = data_dir / "debcache.db"
+    database = queries.connect(path)
+    database.conn.execute("DROP INDEX fetches_by_time")  # as an older debcache made it
+    database.conn.close()
+    Database(path).open().close()
+    database = queries.connect_read_only(path)
+    try:
+        plan = database.execute(
+            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM fetches WHERE time > 0"
+        ).fetchall()
+    finally:
+        database.conn.close()
+    assert "fetches_by_time" in str(plan)
+
+
 # --- connections are closed ---------------------------------------------------------
 
 
