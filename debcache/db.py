@@ -136,7 +136,7 @@ def connect_read_only(path: Path) -> sqlite_utils.Database:
     (a crash): read through the WAL and its -shm index (`mode=ro`). Without one, nobody
     has it open (the last connection to close checkpointed the WAL into the file and
     removed it), so the file alone is the whole database: read it `immutable`, which
-    creates no -wal or -shm. See docs/decisions.md, "Read-only commands".
+    creates no -wal or -shm. See docs/decisions.md, "The database".
     """
     uri = path.resolve().as_uri()
     if path.with_name(path.name + "-wal").exists():
@@ -233,8 +233,9 @@ class Database:
     def log_fetch(self, row: tuple) -> None:
         """Queue a fetch-log row (values in FETCH_COLUMNS order); no result to wait for.
 
-        The hot path: one per request, so no Future and no savepoint, one executemany
-        for all the rows of a group. Dropped when the writer has died (/_/health says so).
+        The hot path: one per request, so no Future and no savepoint of its own, one
+        executemany for all the rows of a group. Dropped when the writer has died
+        (/_/health says so).
         """
         self._put(FetchRow(row))
 
