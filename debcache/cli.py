@@ -320,8 +320,12 @@ def print_json(document: object) -> None:
     click.echo(json.dumps(document, indent=2, sort_keys=True))
 
 
-def open_state(config: Config) -> tuple[sqlite_utils.Database, FileStore]:
-    """The database and the store of `config.data_dir`, for a command-line operation."""
+def open_state(config: Config, read_only: bool = False) -> tuple[sqlite_utils.Database, FileStore]:
+    """The database and the store of `config.data_dir`, for a command-line operation.
+
+    `read_only` commands neither create nor migrate the schema, so a user who may only
+    read the data dir can run them. The connection closes with the command.
+    """
     check_data_dir(config)
     if not (config.data_dir / "debcache.db").exists():
         raise ConfigError(
@@ -330,10 +334,24 @@ def open_state(config: Config) -> tuple[sqlite_utils.Database, FileStore]:
         )
     path = config.data_dir / "debcache.db"
     try:
-        db.create_schema(path)
-        return db.connect(path), FileStore(config.data_dir)
+        if read_only:
+            database = db.connect_read_only(path)
+        else:
+            db.create_schema(path)
+            database = db.connect(path)
+        lacks = db.schema_lacks(database) if read_only else []
     except sqlite3.Error as exc:  # most often: another user's data dir
         raise ConfigError(f"{path}: {exc}", ACCESS_REMEDY) from None
+    if lacks:
+        database.conn.close()
+        raise ConfigError(
+            f"{path} was made by an older debcache (it lacks {', '.join(lacks)})",
+            "start `debcache serve` of this version once, which upgrades it",
+        )
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.call_on_close(database.conn.close)
+    return database, FileStore(config.data_dir)
 
 
 ACCESS_REMEDY = "run debcache as the user `debcache serve` runs as, who owns the data dir"
@@ -459,7 +477,7 @@ def recordings(context: click.Context, as_json: bool) -> None:
 
 @pass_config
 def list_recordings(config: Config, as_json: bool) -> None:
-    database, _ = open_state(config)
+    database, _ = open_state(config, read_only=True)
     rows = recording_summaries(database)
     if as_json:
         print_json(rows)
@@ -497,7 +515,7 @@ def _failed_count(row: dict) -> str:
 @pass_config
 def show_recording(config: Config, name: str, as_json: bool) -> None:
     """List the files a recording received, with their sha256, and its failed fetches."""
-    database, _ = open_state(config)
+    database, _ = open_state(config, read_only=True)
     check_recordings_exist(database, [name])
     contents = recording_contents(database, name)
     if as_json:
@@ -628,7 +646,7 @@ def manifests(context: click.Context, as_json: bool) -> None:
 
 @pass_config
 def list_manifests(config: Config, as_json: bool) -> None:
-    database, _ = open_state(config)
+    database, _ = open_state(config, read_only=True)
     rows = db.manifest_rows(database)
     if as_json:
         print_json(
@@ -663,7 +681,7 @@ def list_manifests(config: Config, as_json: bool) -> None:
 @pass_config
 def show_manifest(config: Config, manifest_ref: str, as_json: bool) -> None:
     """Show a manifest's files (ID may be a unique prefix)."""
-    database, _ = open_state(config)
+    database, _ = open_state(config, read_only=True)
     manifest = load_manifest(database, resolve_manifest_id(database, manifest_ref))
     if as_json:
         document = export_lockfile(manifest)
@@ -703,7 +721,7 @@ def show_manifest(config: Config, manifest_ref: str, as_json: bool) -> None:
 @pass_config
 def export_manifest(config: Config, manifest_ref: str) -> None:
     """Print a manifest as a JSON lockfile: debcache manifests export ID > lock.json"""
-    database, _ = open_state(config)
+    database, _ = open_state(config, read_only=True)
     print_json(
         export_lockfile(load_manifest(database, resolve_manifest_id(database, manifest_ref)))
     )
@@ -807,7 +825,7 @@ def _report_change(change: Change, verb: str) -> None:
 @pass_config
 def branches_command(config: Config, as_json: bool) -> None:
     """List branches and the manifest each serves."""
-    database, _ = open_state(config)
+    database, _ = open_state(config, read_only=True)
     rows = db.branch_rows(database)
     if as_json:
         print_json(rows)
@@ -838,7 +856,7 @@ def branches_command(config: Config, as_json: bool) -> None:
 @pass_config
 def log_command(config: Config, branch: str, as_json: bool) -> None:
     """A branch's history, newest first."""
-    database, _ = open_state(config)
+    database, _ = open_state(config, read_only=True)
     current_manifest_id(database, branch)
     rows = db.branch_history(database, branch)
     if as_json:
@@ -867,7 +885,7 @@ def log_command(config: Config, branch: str, as_json: bool) -> None:
 @pass_config
 def status_command(config: Config, as_json: bool) -> None:
     """Upstreams, branches, recent recordings, cache size and hit ratio (as /_/ shows)."""
-    database, _ = open_state(config)
+    database, _ = open_state(config, read_only=True)
     status = collect_status(config, database)
     if as_json:
         click.echo(status_json(status))
@@ -992,7 +1010,7 @@ def diff_command(config: Config, a: str, b: str, as_json: bool, exit_code: bool)
     Example:
         debcache diff xen-4.19 run-after-point-release
     """
-    database, store = open_state(config)
+    database, store = open_state(config, read_only=True)
     result = diff(load_side(config, database, store, a), load_side(config, database, store, b))
     if as_json:
         print_json(result.as_json())

@@ -2,25 +2,30 @@
 
 A `sqlite_utils.Database` keeps sqlite3's same-thread check, so connections are
 never shared: writes go through `Database.write` (one thread, group commits),
-reads through `Database.read` (a connection per worker thread). Query functions
-take the `sqlite_utils.Database` they run on, so the CLI can call them directly.
+reads through `Database.read` (a connection per reader thread, closed with the
+`Database`). Query functions take the `sqlite_utils.Database` they run on, so the
+CLI can call them directly; its read-only commands use `connect_read_only`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import queue
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlite_utils
+
+from .errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,6 +66,7 @@ CREATE TABLE IF NOT EXISTS fetches (
     complete INTEGER NOT NULL    -- 1 when the client received the whole response
 );
 CREATE INDEX IF NOT EXISTS fetches_by_recording ON fetches (recording, upstream, path);
+CREATE INDEX IF NOT EXISTS fetches_by_time ON fetches (time);  -- status: the last 24 hours
 CREATE TABLE IF NOT EXISTS manifests (
     id TEXT PRIMARY KEY,         -- sha256 of the canonical JSON of the entries
     label TEXT,
@@ -123,16 +129,37 @@ CREATE TABLE IF NOT EXISTS absent_files (
 """
 
 
-def connect(path: Path) -> sqlite_utils.Database:
-    """A connection for the calling thread only."""
-    conn = sqlite3.connect(path, timeout=30)
+def connect(path: Path, check_same_thread: bool = True) -> sqlite_utils.Database:
+    """A connection for the calling thread only (closable from another: check_same_thread)."""
+    conn = sqlite3.connect(path, timeout=30, check_same_thread=check_same_thread)
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process crashes
     return sqlite_utils.Database(conn)
 
 
+def connect_read_only(path: Path) -> sqlite_utils.Database:
+    """A connection that writes nothing, no schema and no file, so that it works for a
+    user who may only read the data dir and leaves no file of theirs behind.
+
+    With a -wal file there, a connection has the database open (a server) or had it
+    (a crash): read through the WAL and its -shm index (`mode=ro`). Without one, nobody
+    has it open (the last connection to close checkpointed the WAL into the file and
+    removed it), so the file alone is the whole database: read it `immutable`, which
+    creates no -wal or -shm. See docs/decisions.md, "The database".
+    """
+    uri = path.resolve().as_uri()
+    if path.with_name(path.name + "-wal").exists():
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+    else:
+        conn = sqlite3.connect(f"{uri}?immutable=1", uri=True)
+    return sqlite_utils.Database(conn)
+
+
 # Columns added after a release: (table, column, definition) for databases made before.
+# Indexes need no entry: SCHEMA creates each IF NOT EXISTS at every open, which builds a
+# new one on an old database too (one on an added column belongs in migrate(), after it).
 ADDED_COLUMNS = (("manifests", "completed", "TEXT NOT NULL DEFAULT '[]'"),)
+TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
 
 
 def create_schema(path: Path) -> None:
@@ -141,6 +168,19 @@ def create_schema(path: Path) -> None:
     db.conn.executescript(SCHEMA)
     migrate(db)
     db.conn.close()
+
+
+def schema_lacks(db: sqlite_utils.Database) -> list[str]:
+    """The tables and added columns this debcache needs that the database lacks: what a
+    read-only command, which may not migrate, finds in one made by an older version."""
+    tables = set(db.table_names())
+    lacks = [table for table in TABLES if table not in tables]
+    lacks += [
+        f"{table}.{column}"
+        for table, column, _ in ADDED_COLUMNS
+        if table in tables and column not in db[table].columns_dict
+    ]
+    return lacks
 
 
 def migrate(db: sqlite_utils.Database) -> None:
@@ -161,7 +201,14 @@ class Database:
         self.path = path
         self._jobs: queue.SimpleQueue[tuple[Callable, tuple, Future] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
+        # Set once when the writer thread dies; under _queueing, so that no job is queued
+        # after the dead writer failed the queue (it would wait forever).
+        self.failure: DatabaseUnavailable | None = None
+        self._queueing = threading.Lock()
+        self._in_progress: list[Future] = []  # the writer's current group
+        self._reading = ThreadPoolExecutor(thread_name_prefix="db-reader")
         self._readers = threading.local()
+        self._reader_connections: list[sqlite_utils.Database] = []
 
     def open(self) -> Database:
         create_schema(self.path)
@@ -169,40 +216,100 @@ class Database:
         return self
 
     def close(self) -> None:
-        """Commit what is queued and stop the writer."""
+        """Commit what is queued, stop the writer, and close the readers' connections
+        once the reads under way have finished."""
         if self._writer.is_alive():
-            self._jobs.put(None)
+            self._put(None)
             self._writer.join()
+        self._reading.shutdown(wait=True)
+        for db in self._reader_connections:
+            db.conn.close()
+        self._reader_connections.clear()
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(db, *args)` on the writer thread, in a transaction; await its result."""
+        """Run `fn(db, *args)` on the writer thread, in a transaction; await its result.
+
+        Raises DatabaseUnavailable at once when the writer thread has died."""
         return await asyncio.wrap_future(self.write_soon(fn, *args))
 
     def write_soon(self, fn: Callable[..., T], *args: Any) -> Future:
         """Queue `fn(db, *args)` for the writer; it is committed with the next group."""
         future: Future = Future()
-        self._jobs.put((fn, args, future))
+        if not self._put((fn, args, future)):
+            future.set_exception(self._unavailable())
         return future
 
     def log_fetch(self, row: tuple) -> None:
         """Queue a fetch-log row (values in FETCH_COLUMNS order); no result to wait for.
 
-        The hot path: one per request, so no Future and no savepoint, one executemany
-        for all the rows of a group.
+        The hot path: one per request, so no Future and no savepoint of its own, one
+        executemany for all the rows of a group. Dropped when the writer has died
+        (/_/health says so).
         """
-        self._jobs.put(FetchRow(row))
+        self._put(FetchRow(row))
+
+    def _put(self, job: Any) -> bool:
+        """Queue a job for a live writer; False when it has died."""
+        with self._queueing:
+            if self.failure is not None:
+                return False
+            self._jobs.put(job)
+            return True
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(db, *args)` on a worker thread with that thread's own connection."""
-        return await asyncio.to_thread(self._read, fn, *args)
+        """Run `fn(db, *args)` on a reader thread with that thread's own connection."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reading, functools.partial(self._read, fn, *args))
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
         db = getattr(self._readers, "db", None)
         if db is None:
-            db = self._readers.db = connect(self.path)
+            # Used by this thread only, closed by close() once the readers are done.
+            db = self._readers.db = connect(self.path, check_same_thread=False)
+            self._reader_connections.append(db)
         return fn(db, *args)
 
     def _write_loop(self) -> None:
+        try:
+            self._write_until_closed()
+        except BaseException as exc:  # the thread ends here: say why to every writer
+            self._fail_queued(exc)
+
+    def _fail_queued(self, cause: BaseException) -> None:
+        """The writer died: fail every job queued and, through `failure`, every later one."""
+        log.error("the database writer stopped", exc_info=cause)
+        reason = str(cause).splitlines()[0] if str(cause) else ""
+        failure = DatabaseUnavailable(
+            f"the database writer stopped ({type(cause).__name__}: {reason})",
+            "restart debcache serve; its log has the details",
+        )
+        failure.__cause__ = cause
+        with self._queueing:
+            self.failure = failure
+        lost = 0
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(job, FetchRow):
+                lost += 1
+            elif job is not None and job[2].set_running_or_notify_cancel():
+                job[2].set_exception(self._unavailable())
+        for future in self._in_progress:
+            if not future.done():
+                future.set_exception(self._unavailable())
+        if lost:
+            log.error("lost %d fetch-log rows: the database writer stopped", lost)
+
+    def _unavailable(self) -> DatabaseUnavailable:
+        """A fresh copy of `failure` for one caller (a raise extends its traceback)."""
+        assert self.failure is not None
+        error = DatabaseUnavailable(self.failure.cause, self.failure.remedy)
+        error.__cause__ = self.failure.__cause__
+        return error
+
+    def _write_until_closed(self) -> None:
         db = connect(self.path)
         running = True
         while running:
@@ -217,7 +324,9 @@ class Database:
                 batch = [job for job in batch if job is not None]
             rows = [job for job in batch if isinstance(job, FetchRow)]
             jobs = [job for job in batch if not isinstance(job, FetchRow)]
+            self._in_progress = [future for _, _, future in jobs]
             self._run_batch(db, jobs, rows)
+            self._in_progress = []
         db.conn.close()
 
     def _run_batch(self, db: sqlite_utils.Database, batch: list, rows: list[tuple]) -> None:
@@ -225,20 +334,19 @@ class Database:
         batch = [job for job in batch if job[2].set_running_or_notify_cancel()]
         if not batch and not rows:
             return
-        failure: Exception | None = None
         for attempt in range(BUSY_RETRIES):
             try:
                 results = self._run_in_one_transaction(db, batch, rows)
                 break
             except sqlite3.Error as exc:
-                # Busy or locked past the busy timeout (a long CLI transaction), or the
-                # disk is full: wait and retry the whole group rather than lose rows.
-                failure = exc
+                # Busy or locked past the busy timeout (a long CLI transaction): wait and
+                # retry the whole group rather than lose rows. Anything else fails now.
+                if not is_transient(exc) or attempt == BUSY_RETRIES - 1:
+                    log.error("lost %d fetch-log rows: %s", len(rows), exc)
+                    results = [(future, None, exc) for _, _, future in batch]
+                    break
                 log.warning("database write failed (%s), attempt %d", exc, attempt + 1)
                 time.sleep(min(0.1 * 2**attempt, 5.0))
-        else:
-            log.error("lost %d fetch-log rows: %s", len(rows), failure)
-            results = [(future, None, failure) for _, _, future in batch]
         for future, result, error in results:
             if error is None:
                 future.set_result(result)
@@ -251,18 +359,37 @@ class Database:
         results = []
         with db.atomic():
             if rows:
-                db.conn.executemany(INSERT_FETCH, rows)
+                _insert_fetch_rows(db, rows)
             for fn, args, future in batch:
                 try:
                     with db.atomic():
                         results.append((future, fn(db, *args), None))
                 except sqlite3.Error as exc:
                     if is_transient(exc):
-                        raise  # busy, locked, full: the whole group is retried
+                        raise  # busy or locked: the whole group is retried
                     results.append((future, None, exc))
                 except Exception as exc:
                     results.append((future, None, exc))
         return results
+
+
+def _insert_fetch_rows(db: sqlite_utils.Database, rows: list[tuple]) -> None:
+    """All the rows in one statement; when one is bad (a bug), all but it, one by one."""
+    try:
+        with db.atomic():
+            db.conn.executemany(INSERT_FETCH, rows)
+        return
+    except sqlite3.Error as exc:
+        if is_transient(exc):
+            raise
+    for row in rows:
+        try:
+            with db.atomic():
+                db.conn.execute(INSERT_FETCH, row)
+        except sqlite3.Error as exc:
+            if is_transient(exc):
+                raise
+            log.error("lost a fetch-log row (%s): %r", exc, row)
 
 
 class FetchRow(tuple):
@@ -272,9 +399,12 @@ class FetchRow(tuple):
 
 
 def is_transient(error: sqlite3.Error) -> bool:
-    """Busy, locked, full or I/O: worth retrying later, unlike a bad statement."""
+    """Busy or locked (another connection's transaction): worth retrying later.
+
+    Anything else (a constraint, a bad statement, a full disk, an I/O error, a closed
+    connection) fails the same way again, so its callers hear of it at once."""
     name = getattr(error, "sqlite_errorname", "") or ""
-    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR"))
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 # --- queries ----------------------------------------------------------------------
@@ -375,8 +505,9 @@ def received_dists_paths(db: sqlite_utils.Database, recordings: list[str]) -> se
     return {tuple(row) for row in rows}
 
 
-def recording_summaries(db: sqlite_utils.Database) -> list[dict]:
-    """One row per recording: first/last fetch, files received, clients, upstreams."""
+def recording_summaries(db: sqlite_utils.Database, limit: int | None = None) -> list[dict]:
+    """One row per recording, newest first (the `limit` newest when given): first/last
+    fetch, files received, clients, upstreams."""
     return list(
         db.query(
             f"""SELECT recording, MIN(time) AS first, MAX(time) AS last,
@@ -384,7 +515,8 @@ def recording_summaries(db: sqlite_utils.Database) -> list[dict]:
             COUNT(DISTINCT client) AS clients,
             GROUP_CONCAT(DISTINCT upstream) AS upstreams
             FROM fetches WHERE recording IS NOT NULL
-            GROUP BY recording ORDER BY MAX(time) DESC"""
+            GROUP BY recording ORDER BY MAX(time) DESC LIMIT ?""",
+            [-1 if limit is None else limit],
         )
     )
 
@@ -581,6 +713,38 @@ def fetches(db: sqlite_utils.Database, recording: str | None = None) -> list[dic
 
 def has_manifests(db: sqlite_utils.Database) -> bool:
     return db.execute("SELECT 1 FROM manifests LIMIT 1").fetchone() is not None
+
+
+def manifest_count(db: sqlite_utils.Database) -> int:
+    return db.execute("SELECT COUNT(*) FROM manifests").fetchone()[0]
+
+
+def recording_exists(db: sqlite_utils.Database, name: str) -> bool:
+    return (
+        db.execute("SELECT 1 FROM fetches WHERE recording = ? LIMIT 1", [name]).fetchone()
+        is not None
+    )
+
+
+def recording_names(db: sqlite_utils.Database) -> set[str]:
+    rows = db.execute("SELECT DISTINCT recording FROM fetches WHERE recording IS NOT NULL")
+    return {row[0] for row in rows.fetchall()}
+
+
+def served_by_source(db: sqlite_utils.Database, since: float) -> dict[str, dict[str, int]]:
+    """Requests and bytes served whole since `since`, by source (hit, miss, pinned, ...)."""
+    rows = db.execute(
+        """SELECT source, COUNT(*), COALESCE(SUM(size), 0) FROM fetches
+        WHERE time > ? AND complete = 1 GROUP BY source""",
+        [since],
+    ).fetchall()
+    return {source: {"requests": count, "bytes": size} for source, count, size in rows}
+
+
+def cached_totals(db: sqlite_utils.Database) -> tuple[int, int]:
+    """Files and bytes in the live cache."""
+    files, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM cached").fetchone()
+    return files, size
 
 
 def branch_upstreams(db: sqlite_utils.Database) -> list[tuple[str, str]]:

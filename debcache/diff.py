@@ -393,12 +393,13 @@ def load_side(config: Config, db: sqlite_utils.Database, store: FileStore, name:
     elif re.fullmatch(r"[0-9a-fA-F]{4,64}", name) and queries.manifest_ids_with_prefix(db, name):
         manifest = load_manifest(db, resolve_manifest_id(db, name))
         description = f"manifest {manifest.short_id}"
-    elif name in (recordings := {row["recording"] for row in queries.recording_summaries(db)}):
+    elif queries.recording_exists(db, name):
         # Read-only: what it would freeze from what is cached; diff never downloads.
         manifest = plan_manifest(config, db, store, [name], allow_unverified=True, fetch=False)
         description = f"recording {name} (as it would freeze)"
     else:
-        candidates = recordings | {row["id"][:SHORT_ID] for row in queries.manifest_rows(db)}
+        candidates = queries.recording_names(db)
+        candidates |= {row["id"][:SHORT_ID] for row in queries.manifest_rows(db)}
         candidates |= {row["name"] for row in queries.branch_rows(db)}
         raise NotFound(
             f"{name!r} is no manifest, branch or recording{near_matches(name, candidates)}",

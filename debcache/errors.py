@@ -82,3 +82,9 @@ class CorruptDownload(DebcacheError):
     """A body that did not match its Content-Length or the sha256 an index lists."""
 
     status = 502
+
+
+class DatabaseUnavailable(DebcacheError):
+    """The database cannot take writes: its writer thread has died."""
+
+    status = 503

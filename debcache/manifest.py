@@ -1101,9 +1101,9 @@ def recordings_named(names: list[str]) -> str:
 
 
 def check_recordings_exist(db: sqlite_utils.Database, recordings: list[str]) -> None:
-    known = {row["recording"] for row in queries.recording_summaries(db)}
     for name in recordings:
-        if name not in known:
+        if not queries.recording_exists(db, name):
+            known = queries.recording_names(db)
             raise NotFound(
                 f"no recording named {name!r}{near_matches(name, known)}",
                 "list them with `debcache recordings`",

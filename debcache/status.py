@@ -18,16 +18,11 @@ HIT_RATIO_WINDOW = 86400.0
 def collect_status(config: Config, db: sqlite_utils.Database) -> dict:
     """Upstreams, branches and their manifests, recent recordings, cache size and hit ratio."""
     now = time.time()
-    served = db.execute(
-        """SELECT source, COUNT(*), COALESCE(SUM(size), 0) FROM fetches
-        WHERE time > ? AND complete = 1 GROUP BY source""",
-        [now - HIT_RATIO_WINDOW],
-    ).fetchall()
-    by_source = {source: {"requests": count, "bytes": size} for source, count, size in served}
+    by_source = queries.served_by_source(db, now - HIT_RATIO_WINDOW)
     cached = {"hit", "coalesced", "pinned", "stale"}
     total = sum(v["requests"] for v in by_source.values())
     from_cache = sum(v["requests"] for k, v in by_source.items() if k in cached)
-    files, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM cached").fetchone()
+    files, size = queries.cached_totals(db)
     return {
         "data_dir": str(config.data_dir),
         "upstreams": [
@@ -46,8 +41,8 @@ def collect_status(config: Config, db: sqlite_utils.Database) -> dict:
             }
             for row in queries.branch_rows(db)
         ],
-        "manifests": len(queries.manifest_rows(db)),
-        "recordings": queries.recording_summaries(db)[:RECENT_RECORDINGS],
+        "manifests": queries.manifest_count(db),
+        "recordings": queries.recording_summaries(db, RECENT_RECORDINGS),
         "cache": {"files": files, "bytes": size},
         "last_24h": {
             "requests": total,

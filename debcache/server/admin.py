@@ -33,7 +33,10 @@ STATUS_PAGE = Template(
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness: answers as soon as the server accepts requests."""
+    """Liveness: answers as soon as the server accepts requests; 503 when it cannot write."""
+    failure = request.app[DATABASE].failure
+    if failure is not None:
+        return web.Response(status=503, text=f"{failure}\n")
     return web.Response(text="ok\n")
 
 
