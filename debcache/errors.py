@@ -78,3 +78,9 @@ class CorruptDownload(DebcacheError):
     """A body that did not match its Content-Length or the sha256 an index lists."""
 
     status = 502
+
+
+class StoreUnavailable(DebcacheError):
+    """The cache could not write a file of its own (disk full, file size limit, I/O error)."""
+
+    status = 503
