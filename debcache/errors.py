@@ -84,3 +84,9 @@ class StoreUnavailable(DebcacheError):
     """The cache could not write a file of its own (disk full, file size limit, I/O error)."""
 
     status = 503
+
+
+class UnreadableIndex(DebcacheError):
+    """An index file (Packages) that does not decompress or parse: a broken mirror."""
+
+    status = 502
