@@ -9,11 +9,14 @@ from __future__ import annotations
 import bz2
 import enum
 import gzip
+import io
 import lzma
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -21,7 +24,7 @@ from urllib.parse import quote, unquote
 
 from debian import deb822
 
-from .errors import BadRequest
+from .errors import BadRequest, UnreadableIndex
 
 # Characters found in Debian archive paths: package names [a-z0-9+.-], versions
 # [A-Za-z0-9.+~-] (pool file names drop the epoch), suites, by-hash digests and
@@ -127,15 +130,31 @@ def open_decompressed(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
+@contextmanager
+def _reading(index_file: Path) -> Iterator[None]:
+    """Turn what a corrupt compressed stream or a malformed stanza raises into one error."""
+    try:
+        yield
+    except (EOFError, lzma.LZMAError, zlib.error, ValueError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the file system's (missing file, I/O error), not the content's
+        raise UnreadableIndex(
+            f"{index_file.name}: not a readable Packages index ({exc})",
+            "the mirror is corrupt or mid-sync; retry later or fix the mirror",
+        ) from None
+
+
 def packages_pool_entries(index_file: Path) -> Iterator[tuple[str, int, str]]:
     """Yield (Filename, Size, SHA256) for every stanza of a Packages file that has all three.
+
+    Raises UnreadableIndex if the file does not decompress.
 
     The live cache reads every Packages index it caches, 60,000 stanzas for Debian's
     main, while installs wait: this scans only the three fields, about ten times faster
     than deb822. Freeze, which verifies, parses with python-debian (`packages_stanzas`).
     """
     filename = size = sha256 = None
-    with open_decompressed(index_file) as f:
+    with _reading(index_file), open_decompressed(index_file) as f:
         for line in f:
             if line.startswith(b"Filename:"):
                 filename = line[9:].strip().decode("utf-8", "replace")
@@ -197,12 +216,17 @@ class ReleaseInfo:
 
 
 def parse_release(verified: bytes) -> ReleaseInfo:
-    """Parse the *verified* text of a Release file (never the raw InRelease)."""
-    release = deb822.Release(verified)
-    entries = {
-        item["name"]: ReleaseEntry(item["name"], item["sha256"].lower(), int(item["size"]))
-        for item in release.get("SHA256", [])
-    }
+    """Parse the *verified* text of a Release file (never the raw InRelease).
+
+    A malformed SHA256 line, or one naming a file outside the suite's directory, is
+    left out: the file it names is then not authenticated, as if it were not listed.
+    """
+    release = deb822.Release(verified.decode("utf-8", "replace"))
+    entries = {}
+    for item in release.get("SHA256", []):
+        entry = _release_entry(item)
+        if entry is not None:
+            entries[entry.name] = entry
     return ReleaseInfo(
         release.get("Date"),
         release.get("Valid-Until"),
@@ -214,6 +238,17 @@ def parse_release(verified: bytes) -> ReleaseInfo:
         release.get("Acquire-By-Hash", "").strip().lower() == "yes",
         "Packages" in release.get("No-Support-for-Architecture-all", "").split(),
     )
+
+
+def _release_entry(item: object) -> ReleaseEntry | None:
+    if not isinstance(item, Mapping):  # "SHA256: text" on one line: not a list of files
+        return None
+    name, sha256, size = (item.get(key) or "" for key in ("name", "sha256", "size"))
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256) or not re.fullmatch(r"[0-9]+", size):
+        return None
+    if name.startswith("/") or any(s in ("", ".", "..") for s in name.split("/")):
+        return None
+    return ReleaseEntry(name, sha256.lower(), int(size))
 
 
 class SignatureError(Exception):
@@ -274,10 +309,25 @@ def installer_images_dir(path: str) -> str | None:
 
 
 def packages_stanzas(index_file: Path) -> Iterator[deb822.Deb822]:
-    """Every stanza of a Packages index (any compression) with the fields freeze needs."""
+    """Every stanza of a Packages index (any compression) with the fields freeze needs.
+
+    Raises UnreadableIndex if the file does not decompress or a stanza is malformed.
+    """
     fields = ["Package", "Version", "Architecture", "Filename", "Size", "SHA256"]
-    with open_decompressed(index_file) as f:
-        yield from deb822.Deb822.iter_paragraphs(f, use_apt_pkg=False, fields=fields)
+    with _reading(index_file), open_decompressed(index_file) as f:
+        # Not UTF-8 (a broken index): python-debian's guess may fail; such bytes are
+        # replaced, so a mangled Filename simply matches no requested path.
+        text = io.TextIOWrapper(f, encoding="utf-8", errors="replace")
+        yield from deb822.Deb822.iter_paragraphs(_whole(text), use_apt_pkg=False, fields=fields)
+
+
+def _whole(lines: Iterator[str]) -> Iterator[str]:
+    # python-debian takes an EOFError for the end of its input: a truncated gzip or xz
+    # stream would read as a shorter index.
+    try:
+        yield from lines
+    except EOFError as exc:
+        raise ValueError(f"truncated ({exc})") from None
 
 
 # --- what a fresh client fetches of a suite -----------------------------------------

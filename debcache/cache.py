@@ -23,7 +23,7 @@ from . import db as queries
 from .archive import by_hash_sha256, classify_path, is_packages_index, packages_pool_entries
 from .config import Upstream
 from .db import Database
-from .errors import UpstreamUnavailable
+from .errors import UnreadableIndex, UpstreamUnavailable
 from .http_dates import http_date_timestamp
 from .inflight import CompletedBody, Download, DownloadPlan, Downloads, ExpectedContent
 from .store import FileStore
@@ -217,5 +217,7 @@ class LiveCache:
             entries = await asyncio.to_thread(lambda: list(packages_pool_entries(blob)))
             count = await self.database.write(queries.add_pool_hashes, upstream, entries)
             log.info("indexed %d pool files from %s/%s", count, upstream, path)
+        except UnreadableIndex as exc:
+            log.warning("could not index %s/%s: %s", upstream, path, exc)
         except Exception:
             log.exception("could not index %s/%s", upstream, path)

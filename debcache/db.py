@@ -445,10 +445,6 @@ INSERT_FETCH = "INSERT INTO fetches ({}) VALUES ({})".format(
 )
 
 
-def insert_fetch(db: sqlite_utils.Database, row: dict) -> None:
-    db.conn.execute(INSERT_FETCH, [row[column] for column in FETCH_COLUMNS])
-
-
 def _received(row: str = "fetches") -> str:
     """A file counts as received when its client got the whole body."""
     return (

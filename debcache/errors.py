@@ -88,3 +88,15 @@ class DatabaseUnavailable(DebcacheError):
     """The database cannot take writes: its writer thread has died."""
 
     status = 503
+
+
+class StoreUnavailable(DebcacheError):
+    """The cache could not write a file of its own (disk full, file size limit, I/O error)."""
+
+    status = 503
+
+
+class UnreadableIndex(DebcacheError):
+    """An index file (Packages) that does not decompress or parse: a broken mirror."""
+
+    status = 502

@@ -23,7 +23,7 @@ from pathlib import Path
 import aiofiles
 import aiohttp
 
-from .errors import CorruptDownload, DebcacheError, UpstreamUnavailable
+from .errors import CorruptDownload, DebcacheError, StoreUnavailable, UpstreamUnavailable
 from .store import FileStore
 
 log = logging.getLogger(__name__)
@@ -102,17 +102,30 @@ class Download:
             )
         except DebcacheError as exc:
             self.error = exc
+        except OSError as exc:
+            # After the two above: aiohttp's connection errors and TimeoutError are OSErrors too.
+            self.error = StoreUnavailable(
+                f"writing {self.key[1]} into the cache failed after {self.written} bytes: {exc}",
+                "free space in the data directory (or fix its file system); then retry",
+            )
         finally:
             self.response.release()
             if isinstance(expected, asyncio.Future) and not expected.done():
                 expected.cancel()
             if self.result is None:
-                self.temp.unlink(missing_ok=True)
+                self._discard_temp()
                 if self.error is None:
                     self.error = UpstreamUnavailable(f"the download of {self.key[1]} stopped")
                 log.warning("download of %s/%s failed: %s", *self.key, self.error)
             self.finished.set()
             self._wake_readers()
+
+    def _discard_temp(self) -> None:
+        # Must not raise: readers wait for `finished`, which is set after this.
+        try:
+            self.temp.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove the partial file %s: %s", self.temp, exc)
 
     def _verified(self, sha256: str, expected: ExpectedContent | None) -> CompletedBody:
         upstream, path = self.key
@@ -211,8 +224,15 @@ class Downloads:
         """A background task owned by the app: kept referenced, cancelled on close."""
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
         return task
+
+    def _finished(self, task: asyncio.Task) -> None:
+        # The owner retrieves every outcome: a failure is logged now, with its traceback,
+        # not as "Task exception was never retrieved" whenever the task is collected.
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     async def _run(
         self, key: tuple[str, str], request: Callable[[], Awaitable[object]], future: asyncio.Future

@@ -13,6 +13,7 @@ import asyncio
 import difflib
 import hashlib
 import json
+import math
 import re
 import time
 from collections import defaultdict
@@ -1207,15 +1208,27 @@ def parse_lockfile(document: object, source: str) -> Manifest:
     computed = manifest_id(entries)
     if document.get("id") != computed:
         raise bad(f"its id {document.get('id')!r} does not match its entries ({computed})")
+    try:
+        created = float(document.get("created") or time.time())
+    except (TypeError, ValueError, OverflowError):
+        created = math.nan
+    if not math.isfinite(created):
+        raise bad("its created time is not a number")
+    lists = {key: document.get(key) or [] for key in ("recordings", "unverified", "completed")}
+    releases = document.get("releases") or {}
+    if not isinstance(releases, dict) or not all(isinstance(v, list) for v in lists.values()):
+        raise bad(
+            "its releases are not an object, or its recordings, unverified or completed not lists"
+        )
     return Manifest(
         computed,
         document.get("label") if isinstance(document.get("label"), str) else None,
-        float(document.get("created") or time.time()),
-        [str(r) for r in document.get("recordings") or []],
+        created,
+        [str(r) for r in lists["recordings"]],
         sorted(entries, key=lambda e: e.key),
-        dict(document.get("releases") or {}),
-        [str(u) for u in document.get("unverified") or []],
-        [str(c) for c in document.get("completed") or []],
+        releases,
+        [str(u) for u in lists["unverified"]],
+        [str(c) for c in lists["completed"]],
     )
 
 

@@ -6,10 +6,11 @@ import asyncio
 import dataclasses
 import socket
 import threading
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+from processes import wait_until
 
 from debcache import db as queries
 from debcache.config import Config, Upstream, host_of
@@ -45,17 +46,17 @@ class DebcacheServer:
 
     def start(self) -> DebcacheServer:
         self._thread.start()
-        deadline = time.monotonic() + HEALTH_DEADLINE
-        while time.monotonic() < deadline:
-            if self._error:
-                raise RuntimeError("debcache failed to start") from self._error
-            try:
-                with urllib.request.urlopen(f"{self.url}/_/health", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.02)
-        raise TimeoutError("debcache did not answer /_/health in time")
+        wait_until(self._healthy, "debcache to answer /_/health", HEALTH_DEADLINE)
+        return self
+
+    def _healthy(self) -> bool:
+        if self._error:
+            raise RuntimeError("debcache failed to start") from self._error
+        try:
+            with urllib.request.urlopen(f"{self.url}/_/health", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self._loop and self._stop and self._thread.is_alive():
@@ -98,17 +99,18 @@ class DebcacheServer:
         deadline: float = 10,
     ) -> list[dict]:
         """The committed fetch-log rows once `condition(rows)` holds; TimeoutError naming `what`."""
-        end = time.monotonic() + deadline
-        while True:
-            rows = self.fetches(recording)
-            if condition(rows):
-                return rows
-            if time.monotonic() > end:
-                raise TimeoutError(
-                    f"timed out waiting for {what} in the fetch log of {recording or 'all'}"
-                    f" ({len(rows)} committed)"
-                )
-            time.sleep(0.02)
+        seen: list[dict] = []
+
+        def rows_once_true() -> tuple[list[dict]] | None:  # a tuple: true for no rows too
+            seen[:] = self.fetches(recording)
+            return (list(seen),) if condition(seen) else None
+
+        (rows,) = wait_until(
+            rows_once_true,
+            lambda: f"{what} in the fetch log of {recording or 'all'} ({len(seen)} committed)",
+            deadline,
+        )
+        return rows
 
     def blobs(self) -> dict[str, bytes]:
         """Every blob in the store, by sha256."""

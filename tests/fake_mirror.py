@@ -37,6 +37,7 @@ from types import TracebackType
 
 from aiohttp import web
 from multidict import CIMultiDict
+from processes import wait_until
 
 _FAULT_KINDS = ("status", "truncate", "corrupt", "hang", "slow", "redirect", "chunked")
 
@@ -120,7 +121,6 @@ class FakeMirror:
         self.requests: list[RecordedRequest] = []
         self._faults: dict[str, tuple[Fault, int | None]] = {}
         self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -219,16 +219,14 @@ class FakeMirror:
 
     def wait_for_requests(self, path: str, count: int = 1, timeout: float = 10.0) -> None:
         """Block until path has been requested count times; TimeoutError after timeout."""
-        deadline = time.monotonic() + timeout
-        with self._arrived:
-            while sum(1 for r in self.requests if r.decoded_path == path) < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    seen = [r.decoded_path for r in self.requests]
-                    raise TimeoutError(
-                        f"{path} not requested {count} times within {timeout} s; saw {seen}"
-                    )
-                self._arrived.wait(remaining)
+
+        def seen() -> str:
+            with self._lock:
+                return (
+                    f"{path} requested {count} times; saw {[r.decoded_path for r in self.requests]}"
+                )
+
+        wait_until(lambda: self.count(path) >= count, seen, timeout)
 
     def reset(self) -> None:
         """Forget recorded requests and all faults."""
@@ -254,9 +252,8 @@ class FakeMirror:
             headers=CIMultiDict(request.headers),
             time=time.monotonic(),
         )
-        with self._arrived:
+        with self._lock:
             self.requests.append(recorded)
-            self._arrived.notify_all()
 
     def _take_fault(self, path: str) -> Fault | None:
         with self._lock:

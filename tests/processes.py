@@ -10,6 +10,9 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -18,12 +21,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(condition: Callable[[], object], what: str, deadline: float = 20) -> None:
-    """Poll `condition` until it is true; TimeoutError naming `what` after `deadline` s."""
+def wait_until(
+    condition: Callable[[], T], what: str | Callable[[], str], deadline: float = 20
+) -> T:
+    """Poll `condition` until it returns something true, and return that.
+
+    The one polling loop of the tests: after `deadline` seconds it raises TimeoutError
+    naming `what` (a callable `what` is called then, to describe what it saw last).
+    """
     end = time.monotonic() + deadline
-    while not condition():
+    while True:
+        value = condition()
+        if value:
+            return value
         if time.monotonic() > end:
-            raise TimeoutError(f"timed out waiting for {what}")
+            described = what() if callable(what) else what
+            raise TimeoutError(f"timed out after {deadline} s waiting for {described}")
         time.sleep(0.02)
 
 

@@ -32,6 +32,7 @@ from debcache import db
 from debcache.cli import cli
 from debcache.errors import DebcacheError
 from debcache.manifest import LOCKFILE_FORMAT, Entry, manifest_id
+from debcache.recording import FetchLog
 
 ROOT = Path(__file__).parent.parent
 HELLO = "pool/main/h/hello/hello_2.10-3_amd64.deb"
@@ -62,26 +63,15 @@ def recorded_data_dir(data_dir: Path, recording: str, files: int) -> Path:
     """A config file naming a data dir whose fetch log holds `files` files of `recording`,
     written with debcache's own database code (as the server writes them)."""
     data_dir.mkdir(parents=True)
-    db.create_schema(data_dir / "debcache.db")
-    database = db.connect(data_dir / "debcache.db")
-    with database.conn:
-        for number in range(files):
-            row = {
-                "time": 1.7e9 + number,
-                "client": "127.0.0.1",
-                "recording": recording,
-                "upstream": "debian",
-                "path": f"pool/main/p/pkg{number}/pkg{number}_1.0-1_amd64.deb",
-                "method": "GET",
-                "status": 200,
-                "sha256": f"{number:064x}",
-                "size": 1000 + number,
-                "source": "miss",
-                "duration": 0.01,
-                "complete": 1,
-            }
-            db.insert_fetch(database, row)
-    database.conn.close()
+    database = db.Database(data_dir / "debcache.db").open()
+    fetch_log = FetchLog(database)
+    for number in range(files):
+        path = f"pool/main/p/pkg{number}/pkg{number}_1.0-1_amd64.deb"
+        record = fetch_log.begin("127.0.0.1", recording, "debian", path, "GET")
+        record.status, record.source, record.complete = 200, "miss", True
+        record.sha256, record.size = f"{number:064x}", 1000 + number
+        fetch_log.finish(record)
+    database.close()  # commits what is queued
     config = data_dir.parent / "debcache.toml"
     config.write_text(f'[server]\ndata_dir = "{data_dir}"\n')
     return config

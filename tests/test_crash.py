@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -54,3 +55,56 @@ def test_kill_9_mid_download_leaves_nothing_corrupt(
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_full_disk_mid_download_fails_that_download_alone(
+    tmp_path: Path, archive: Archive, mirror: FakeMirror
+) -> None:
+    """A write to the temp file failing (here EFBIG from a file size limit; ENOSPC on a
+    full disk) ends that download with its cause logged in one line: the client's
+    connection ends short, the partial file goes, and the server serves on."""
+    port, data = free_port(), tmp_path / "data"
+    config = tmp_path / "debcache.toml"
+    config.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\ndata_dir = "{data}"\n'
+        f'[upstreams.debian]\nurls = ["{mirror.url}/debian"]\nkeyring = "{archive.key.keyring}"\n'
+    )
+    bigpkg, hello = archive.pool_path("bigpkg"), archive.pool_path("hello")
+    assert len(archive.read(hello)) < FILE_SIZE_LIMIT < len(archive.read(bigpkg))
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as stderr:
+        server = start_serve(
+            config, port, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=limit_file_size
+        )
+    try:
+        received, closed = exchange(port, f"GET /debian/{bigpkg} HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert received.startswith(b"HTTP/1.1 200") and closed
+        assert len(received) < len(archive.read(bigpkg))
+        wait_until(lambda: "File too large" in log.read_text(), "the failed download's log line")
+        wait_until(lambda: not list((data / "tmp").iterdir()), "the partial file to go")
+        reply = get(f"http://127.0.0.1:{port}", f"/debian/{hello}")
+        assert reply.status == 200 and reply.body == archive.read(hello)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    text = log.read_text()
+    assert "Traceback" not in text and "never retrieved" not in text, text
+
+
+FILE_SIZE_LIMIT = 1024 * 1024
+
+
+def limit_file_size() -> None:
+    """In the child: writes past FILE_SIZE_LIMIT fail with EFBIG (not SIGXFSZ's kill)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+
+
+def exchange(port: int, request: str) -> tuple[bytes, bool]:
+    """Everything received for `request` until the server closes, and whether it did."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request.encode())
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+        return received, True

@@ -1,6 +1,7 @@
 """The fetch log must not lose rows: group commits, and one bad job spoils no other.
 
-Runs the real writer thread on a real SQLite file.
+Runs the real writer thread on a real SQLite file, fed as the server feeds it:
+`FetchLog.finish` queues each row with `Database.log_fetch`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,7 @@ import pytest
 
 from debcache import db as queries
 from debcache.db import Database
-
-ROW = dict(
-    time=1.0, client="127.0.0.1", recording="r", upstream="debian", path="pool/x.deb",
-    method="GET", status=200, sha256=None, size=None, source="hit", duration=0.0, complete=1,
-)  # fmt: skip
+from debcache.recording import FetchLog
 
 
 @pytest.fixture
@@ -24,6 +21,25 @@ def database(tmp_path: Path):
     database = Database(tmp_path / "debcache.db").open()
     yield database
     database.close()
+
+
+def log_requests(database: Database, count: int) -> None:
+    """`count` served requests of recording r, logged the way the server logs them."""
+    fetch_log = FetchLog(database)
+    for number in range(count):
+        record = fetch_log.begin("127.0.0.1", "r", "debian", f"pool/x{number}.deb", "GET")
+        record.status, record.source, record.complete = 200, "hit", True
+        fetch_log.finish(record)
+
+
+def committed_rows(database: Database, path: Path) -> list[dict]:
+    """The rows of recording r, once every job queued so far is committed."""
+    database.write_soon(lambda db: None).result(10)
+    connection = queries.connect(path)
+    try:
+        return queries.fetches(connection, "r")
+    finally:
+        connection.conn.close()
 
 
 def hold_the_writer(database: Database, statements: list[str] | None = None):
@@ -41,17 +57,16 @@ def hold_the_writer(database: Database, statements: list[str] | None = None):
     return held, release
 
 
-def test_queued_fetch_rows_are_committed_as_one_group(database: Database) -> None:
+def test_queued_fetch_rows_are_committed_as_one_group(database: Database, tmp_path: Path) -> None:
     statements: list[str] = []
     held, release = hold_the_writer(database, statements)
-    rows = [database.write_soon(queries.insert_fetch, ROW) for _ in range(50)]
+    log_requests(database, 50)
     release.set()
     held.result(10)
-    for future in rows:
-        future.result(10)
-    after_first_insert = statements[statements.index("INSERT") :]
-    assert after_first_insert.count("INSERT") == 50
-    assert after_first_insert.count("COMMIT") == 1
+    assert len(committed_rows(database, tmp_path / "debcache.db")) == 50
+    first_insert = statements.index("INSERT")
+    group = statements[first_insert : statements.index("COMMIT", first_insert)]
+    assert group.count("INSERT") == 50  # all of them before the first commit
 
 
 def test_one_failing_job_does_not_drop_the_rows_queued_behind_it(
@@ -59,14 +74,10 @@ def test_one_failing_job_does_not_drop_the_rows_queued_behind_it(
 ) -> None:
     held, release = hold_the_writer(database)
     bad = database.write_soon(lambda db: db.execute("INSERT INTO no_such_table VALUES (1)"))
-    rows = [database.write_soon(queries.insert_fetch, ROW) for _ in range(5)]
+    log_requests(database, 5)
     release.set()
     held.result(10)
     assert bad.exception(10) is not None
-    for future in rows:
-        assert future.exception(10) is None
-    connection = queries.connect(tmp_path / "debcache.db")
-    try:
-        assert len(queries.fetches(connection, "r")) == 5
-    finally:
-        connection.conn.close()
+    rows = committed_rows(database, tmp_path / "debcache.db")
+    assert sorted(row["path"] for row in rows) == [f"pool/x{n}.deb" for n in range(5)]
+    assert all(row["complete"] == 1 and row["status"] == 200 for row in rows)

@@ -18,6 +18,7 @@ from archive_fixture import Archive
 from debcache_server import DebcacheServer, make_config
 from fake_mirror import FakeMirror, Fault
 from http_client import get
+from processes import wait_until
 
 INRELEASE = "dists/bookworm/InRelease"
 
@@ -47,14 +48,17 @@ def test_a_reader_error_after_the_headers_closes_the_connection_without_a_second
     ends the connection short, never with an error response written into the body."""
     path = archive.pool_path("bigpkg", "1:3.0-1")
     mirror.set_fault(f"/debian/{path}", Fault.slow(chunk=16384, delay=0.05))
+
+    def written_temp_files() -> list[Path]:
+        return [p for p in debcache.temp_files() if p.stat().st_size > 0]
+
     first = socket.create_connection(("127.0.0.1", debcache.port), timeout=30)
     try:
         first.sendall(f"GET /debian/{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert first.recv(100).startswith(b"HTTP/1.1 200")
-        deadline = time.monotonic() + 10
-        while not debcache.temp_files() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        (temp,) = debcache.temp_files()
+        # Swapped only once the download writes into it (its own descriptor then keeps
+        # the moved file): only readers that open it from now on meet the directory.
+        (temp,) = wait_until(written_temp_files, "the download to write its partial file")
         moved = temp.with_name(temp.name + ".moved")
         os.rename(temp, moved)
         os.mkdir(temp)  # the next reader's os.open works, its os.pread fails (EISDIR)

@@ -20,6 +20,7 @@ import pytest
 from debcache_server import DebcacheServer, make_config
 from fake_mirror import FakeMirror, Fault
 from http_client import Reply, get
+from processes import wait_until
 
 IN_RELEASE = "dists/stable/InRelease"
 PACKAGES_GZ = "dists/stable/main/binary-amd64/Packages.gz"
@@ -118,11 +119,8 @@ def test_a_download_runs_to_the_end_when_its_client_hangs_up(
     rows = cache.wait_for_fetches(1)
     assert rows and rows[0]["complete"] == 0
     upstream.clear_fault(f"/debian/{BIG_DEB}")
-    deadline = time.monotonic() + 10
     expected = content(files, BIG_DEB)
-    while time.monotonic() < deadline and expected not in cache.blobs().values():
-        time.sleep(0.05)
-    assert expected in cache.blobs().values()
+    wait_until(lambda: expected in cache.blobs().values(), "the download to reach the store")
     again = get(cache.url, f"/debian/{BIG_DEB}")
     assert again.header("X-Debcache") == "hit" and again.body == expected
     assert upstream.count(f"/debian/{BIG_DEB}") == 1
@@ -367,7 +365,5 @@ def test_head_on_a_miss_caches_the_file(
     head = get(cache.url, f"/debian/{DEB}", method="HEAD")
     assert head.status == 200 and head.body == b""
     assert head.header("Content-Length") == str(len(content(files, DEB)))
-    deadline = time.monotonic() + 10
-    while content(files, DEB) not in cache.blobs().values() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: content(files, DEB) in cache.blobs().values(), "the HEAD's download")
     assert get(cache.url, f"/debian/{DEB}").header("X-Debcache") == "hit"
