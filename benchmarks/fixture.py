@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import archive_fixture
+
 from benchmarks.settings import MB, META_PACKAGE, SUITE, Settings
-from tests import archive_fixture
 
 
 @dataclass

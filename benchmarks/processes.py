@@ -16,7 +16,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from tests.processes import wait_until
+from processes import wait_until
 
 _started: list[subprocess.Popen] = []
 

@@ -27,8 +27,8 @@ Timings are not asserted: CI runs `--quick` only to keep the benchmark working.
 The code is the `benchmarks` package around this file (README.md lists its modules).
 This script only puts the checkout in place of this directory at the head of
 sys.path, as `python3 -m benchmarks` from the checkout would: the package, the
-tests' helpers (`tests.archive_fixture`, ...) and this checkout's debcache are then
-the ones imported.
+tests' helpers (`archive_fixture`, ..., which the package puts on sys.path as pytest
+does) and this checkout's debcache are then the ones imported.
 """
 
 import sys

@@ -13,11 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+from processes import serve_command, wait_healthy
+
 from benchmarks.processes import low_free_port, spawn, stop, wait_port
 from benchmarks.profiler import Profiler
 from benchmarks.settings import REPO
 from benchmarks.upstream import Nginx
-from tests.processes import serve_command, wait_healthy
 
 
 class System:

@@ -17,6 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from apt import AptRoot
+from processes import wait_until
+
 from benchmarks.clients import fetch_parallel, fetch_sequentially, own_cpu
 from benchmarks.fixture import Fixture
 from benchmarks.processes import status_kb, tree_rss_mb
@@ -26,8 +29,6 @@ from benchmarks.settings import MB, META_PACKAGE, SUITE, Settings
 from benchmarks.systems import Debcache, Pinned, System
 from benchmarks.upstream import AccessLog, Nginx
 from benchmarks.wrk import Wrk
-from tests.apt import AptRoot
-from tests.processes import wait_until
 
 
 @dataclass
