@@ -19,6 +19,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import aiofiles
 import aiohttp
@@ -279,3 +280,36 @@ class DownloadPlan:
     download: Download
     expected: Awaitable[ExpectedContent | None]
     commit: Callable[[CompletedBody], Path]
+
+
+K = TypeVar("K")
+T = TypeVar("T")
+
+
+class SharedTasks(Generic[K, T]):
+    """One task per key, however many ask meanwhile; cancelled and awaited by `close()`.
+
+    Awaiters are shielded: a client hanging up does not cancel what others wait for.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[K, asyncio.Task[T]] = {}
+
+    async def run(self, key: K, make: Callable[[], Awaitable[T]]) -> T:
+        if key not in self._tasks:
+            task = asyncio.ensure_future(make())
+            self._tasks[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        return await asyncio.shield(self._tasks[key])
+
+    def _forget(self, key: K, done: asyncio.Task[T]) -> None:
+        if self._tasks.get(key) is done:
+            del self._tasks[key]
+        if not done.cancelled():
+            done.exception()  # its awaiters got it; with none left, nobody needs it
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,20 +77,17 @@ class UpstreamClient:
             try:
                 response = await self.session.get(url, headers=headers, timeout=timeout)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                self._count(upstream, "timeout" if isinstance(exc, TimeoutError) else "error")
+                self._note(upstream, base, outcome_of(exc))
                 failures.append(f"{url}: {describe_failure(exc)}")
                 only_timeouts &= isinstance(exc, TimeoutError)
-                self._failed_until[base] = time.monotonic() + FAILED_URL_PENALTY
                 continue
-            self._count(upstream, str(response.status))
+            self._note(upstream, base, str(response.status))
             if response.status < 500:
-                self._failed_until.pop(base, None)
                 if server_error is not None:
                     server_error.release()
                 return response
             failures.append(f"{url}: HTTP {response.status}")
             only_timeouts = False
-            self._failed_until[base] = time.monotonic() + FAILED_URL_PENALTY
             if server_error is not None:
                 server_error.release()
             server_error = response
@@ -103,9 +101,35 @@ class UpstreamClient:
             f"{toml_table('upstreams', upstream.name)} urls",
         )
 
-    def _count(self, upstream: Upstream, outcome: str) -> None:
+    async def download_blob(
+        self, upstream: Upstream, path: str, store: FileStore, sha256: str, size: int | None
+    ) -> DownloadFailure | None:
+        """Fetch `path` into the store, kept only with this sha256 (and size); None, or why not.
+
+        `fetch_into_store`'s checks, with the upstream's timeout, its base URLs in
+        failover order (a failed one goes to the back), and its metrics.
+        """
+        bases = {upstream_url(base, path): base for base in self._in_preferred_order(upstream.urls)}
+        outcome = await fetch_into_store(
+            self.session,
+            list(bases),
+            store,
+            sha256=sha256,
+            size=size,
+            timeout=upstream.timeout,
+            observe=lambda url, result: self._note(upstream, bases[url], result),
+        )
+        return outcome if isinstance(outcome, str) else None
+
+    def _note(self, upstream: Upstream, base: str, outcome: str) -> None:
+        """Count what a base URL answered; one that failed or sent a 5xx is tried last
+        for a while."""
         if self.metrics:
             self.metrics.count_upstream(upstream.name, outcome)
+        if outcome.isdigit() and int(outcome) < 500:
+            self._failed_until.pop(base, None)
+        else:
+            self._failed_until[base] = time.monotonic() + FAILED_URL_PENALTY
 
     def _in_preferred_order(self, urls: tuple[str, ...]) -> list[str]:
         now = time.monotonic()
@@ -122,6 +146,11 @@ class UpstreamClient:
         if validators.etag:
             headers["If-None-Match"] = validators.etag
         return headers
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The metrics outcome of a request that got no answer."""
+    return "timeout" if isinstance(exc, TimeoutError) else "error"
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -173,12 +202,14 @@ async def fetch_into_store(
     size: int | None = None,
     max_size: int | None = None,
     timeout: float = 30.0,
+    observe: Callable[[str, str], None] | None = None,
 ) -> tuple[str, int] | DownloadFailure:
     """(sha256, size) of the blob stored from the first URL that has it whole, or why not.
 
     With `sha256` (and `size`) given, only a body that matches counts; without, any
     200 body of at most `max_size` bytes does (a detached signature whose hash no
-    index lists is checked by gpgv afterwards).
+    index lists is checked by gpgv afterwards). `observe(url, outcome)` hears how
+    each URL tried answered: its HTTP status, or "timeout" or "error".
     """
     failures = []
     absent = True
@@ -188,9 +219,11 @@ async def fetch_into_store(
     )
     for url in urls:
         temp = store.create_temp()
+        outcome = None  # stays None if cancelled before any answer
         try:
             async with session.get(url, timeout=client_timeout) as response:
                 answered = True
+                outcome = str(response.status)
                 if response.status != 200:
                     failures.append(f"{url}: HTTP {response.status}")
                     absent &= response.status in (404, 410)
@@ -212,9 +245,12 @@ async def fetch_into_store(
             return digest, received
         except (aiohttp.ClientError, TimeoutError) as exc:
             absent = False
+            outcome = outcome_of(exc)
             failures.append(f"{url}: {describe_failure(exc)}")
         finally:
             temp.unlink(missing_ok=True)
+            if observe is not None and outcome is not None:
+                observe(url, outcome)
     failure = DownloadFailure("; ".join(failures) or "no URL to fetch it from")
     failure.absent = absent and bool(failures)
     failure.unreachable = not answered and bool(failures)

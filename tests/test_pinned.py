@@ -8,13 +8,14 @@ gone the pinned install still works; promote and rollback switch the set.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 from apt import AptRoot
 from archive_fixture import Archive, point_release
-from debcache_server import DebcacheServer
+from debcache_server import DebcacheServer, make_config, write_config_file
 from fake_mirror import FakeMirror, Fault
 from http_client import get
 from workflow import freeze_json, keyed_debcache_for, record_install, run
@@ -336,3 +337,41 @@ def test_a_strict_branch_never_fetches(
     tool = own_archive.pool_path("tool++", "1.0~rc1+dfsg-1")
     assert get(own_debcache.url, f"/pin/strict/debian/{tool}").status == 404
     assert len(own_mirror.requests) == before
+
+
+def test_a_fill_uses_the_upstreams_timeout_failover_and_metrics(
+    own_archive: Archive, own_mirror: FakeMirror, tmp_path: Path
+) -> None:
+    # The first mirror hangs on the file to fill: the fill gives up after the upstream's
+    # own timeout (not a default), takes the next URL, counts both, and the next fill
+    # skips the hung mirror while its failure penalty lasts.
+    with FakeMirror(own_archive.root) as hung:
+        config = make_config(
+            tmp_path / "data",
+            {"debian": [f"{hung.url}/debian", f"{own_mirror.url}/debian"]},
+            keyring=own_archive.key.keyring,
+            timeout=5,
+            coalesce_window=0,
+        )
+        config = dataclasses.replace(
+            config, branches={"fill-me": Branch("fill-me", fill="verified")}
+        )
+        server = DebcacheServer(config)
+        server.config_file = write_config_file(config, tmp_path / "debcache.toml")
+        with server:
+            record_install(server, AptRoot(tmp_path / "a"), own_archive, hung, "small", "hello")
+            freeze_and_promote(server, "small", "fill-me")
+            tool = own_archive.pool_path("tool++", "1.0~rc1+dfsg-1")
+            bigpkg = own_archive.pool_path("bigpkg")
+            hung.set_fault(f"/debian/{tool}", Fault.hang(600))
+
+            filled = get(server.url, f"/pin/fill-me/debian/{tool}", timeout=120)
+            assert filled.status == 200 and filled.body == own_archive.read(tool)
+            assert hung.count(f"/debian/{tool}") == 1 and own_mirror.count(f"/debian/{tool}") == 1
+            assert get(server.url, f"/pin/fill-me/debian/{bigpkg}").status == 200
+            assert hung.count(f"/debian/{bigpkg}") == 0
+
+            metrics = get(server.url, "/_/metrics").body.decode()
+            assert 'debcache_upstream_requests_total{outcome="timeout",upstream="debian"} 1.0' in (
+                metrics
+            )

@@ -78,9 +78,10 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     downloads = Downloads(store)
     metrics = Metrics()
     metrics.track_in_flight(downloads.count)
-    cache = LiveCache(store, database, downloads, UpstreamClient(session, metrics))
+    client = UpstreamClient(session, metrics)  # one failover state for live misses and fills
+    cache = LiveCache(store, database, downloads, client)
     await cache.load()
-    pinned = PinnedFiles(config, database, store, session)
+    pinned = PinnedFiles(config, database, store, client)
     app[CACHE], app[FETCH_LOG], app[PINNED] = cache, FetchLog(database, metrics), pinned
     app[METRICS], app[DATABASE] = metrics, database
     app[MACHINE_NAMES] = MachineNames()
@@ -89,8 +90,8 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await downloads.close()
+        await pinned.close()  # its fills use the session, its re-signings the database
         await session.close()
-        pinned.close()
         database.close()
 
 

@@ -121,8 +121,10 @@ async def _serve(
 async def _record_authenticating_indices(
     request: web.Request, branch: str, manifest_id: str, upstream: str
 ) -> None:
+    """Log, once per server run, the manifest's dists/ files as fetched by `branch` too:
+    a freeze of the branch then has what authenticates its filled pool files."""
     pinned, fetch_log = request.app[PINNED], request.app[FETCH_LOG]
-    if not pinned.first_fill(branch, manifest_id, upstream):
+    if not pinned.fill.first_fill(branch, manifest_id, upstream):
         return
     for path, sha256, size in await pinned.authenticating_entries(manifest_id, upstream):
         row = fetch_log.begin(request.remote, branch, upstream, path, "GET")
