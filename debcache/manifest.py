@@ -300,8 +300,38 @@ class Freezer:
             return
         before = len(self.problems)
         self._plan_suite(upstream, suite, recorded, all_recorded)
+        if len(self.problems) > before and self._probe_verified_by_inrelease(
+            upstream, suite, recorded[path]
+        ):
+            del self.problems[before:]
         self.unverified_probes += self.problems[before:]
         del self.problems[before:]
+
+    def _probe_verified_by_inrelease(
+        self, upstream: Upstream, suite: str, release: tuple[str, int]
+    ) -> bool:
+        """A mirror's Release.gpg may lag its Release (BADSIG) while its InRelease, whose
+        signed text is the same Release byte for byte, verifies: then the probe's Release
+        goes in, with that InRelease (cached, else fetched now like a Release.gpg)."""
+        path = f"dists/{suite}/InRelease"
+        inrelease = self._cached(upstream, path) or self._fetch(upstream, path, None)
+        if inrelease is None or upstream.keyring is None:
+            return False
+        try:
+            text = verify_signature(upstream.keyring, self._blob(inrelease[0]))
+        except (SignatureError, FileNotFoundError):
+            return False
+        if hashlib.sha256(text).hexdigest() != release[0]:
+            return False
+        self.add(Entry(upstream.name, f"dists/{suite}/Release", *release))
+        self.add(Entry(upstream.name, path, *inrelease))
+        info = parse_release(text)
+        self.releases[f"{upstream.name} {suite}"] = {
+            "date": info.date,
+            "sha256": inrelease[0],
+            "valid_until": info.valid_until,
+        }
+        return True
 
     def _plan_suite(
         self,

@@ -202,3 +202,29 @@ def test_a_probe_identical_to_an_apt_recorded_inrelease_goes_in_alone(
     assert frozen["warnings"] == [] and frozen["unverified"] == []
     entries = {e["path"] for e in manifest_json(own_debcache, frozen["id"])["entries"]}
     assert "dists/stable/Release" in entries and "dists/stable/Release.gpg" not in entries
+
+
+def test_a_probe_whose_release_gpg_lags_goes_in_verified_by_the_suites_inrelease(
+    own_debcache: DebcacheServer, installer_archive: Archive, own_mirror: FakeMirror
+) -> None:
+    # A mirror's Release.gpg may lag its Release (BADSIG) while its InRelease verifies and
+    # signs the same Release text byte for byte.
+    archive = installer_archive
+    archive.publish_suite("trixie", archive.packages("bookworm-updates"))
+    archive.path("dists/trixie/Release.gpg").write_bytes(archive.read("dists/bookworm/Release.gpg"))
+    recorded = ["dists/trixie/Release", "dists/bookworm/Release", "dists/bookworm/Release.gpg"]
+    for path in recorded:
+        assert get(own_debcache.url, f"/record/lag/debian/{path}").status == 200, path
+    own_debcache.wait_for_fetches(len(recorded), recording="lag")
+
+    frozen = freeze_json(own_debcache, "lag")
+    assert frozen["warnings"] == [] and frozen["unverified"] == []
+    entries = {e["path"]: e["sha256"] for e in manifest_json(own_debcache, frozen["id"])["entries"]}
+    assert entries["dists/trixie/Release"] == archive.sha256("dists/trixie/Release")
+    assert entries["dists/trixie/InRelease"] == archive.sha256("dists/trixie/InRelease")
+    assert "dists/trixie/Release.gpg" not in entries  # it does not verify
+
+    assert run(own_debcache, "promote", "lag", frozen["id"]).exit_code == 0
+    own_mirror.stop()
+    reply = get(own_debcache.url, "/pin/lag/debian/dists/trixie/Release")
+    assert reply.body == archive.read("dists/trixie/Release")
