@@ -747,6 +747,21 @@ def cached_totals(db: sqlite_utils.Database) -> tuple[int, int]:
     return files, size
 
 
+def suite_beyond_release(
+    db: sqlite_utils.Database, manifest_id: str, upstream: str, suite: str
+) -> bool:
+    """Whether the manifest holds more of the suite than its Release forms (an index):
+    without, the suite is a probe (debian-installer's mirror check)."""
+    prefix = f"dists/{suite}/"
+    release_forms = [prefix + name for name in ("InRelease", "Release", "Release.gpg")]
+    row = db.execute(
+        """SELECT 1 FROM manifest_entries WHERE manifest_id = ? AND upstream = ?
+        AND path >= ? AND path < ? AND path NOT IN (?, ?, ?) LIMIT 1""",
+        [manifest_id, upstream, prefix, prefix[:-1] + "0", *release_forms],
+    ).fetchone()
+    return row is not None
+
+
 def branch_upstreams(db: sqlite_utils.Database) -> list[tuple[str, str]]:
     """(branch, upstream) for every upstream that a branch's current manifest holds files of."""
     return db.execute(

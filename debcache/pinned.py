@@ -141,6 +141,9 @@ class PinnedFiles:
         expires = http_date_timestamp(valid_until)
         if expires is None or expires > time.time():
             return None
+        # A probe (the Release alone): d-i's mirror check ignores Valid-Until.
+        if not queries.suite_beyond_release(self._loop_db, manifest_id, upstream, suite):
+            return None
         return (
             f"branch {branch} serves the Release of {upstream} {suite} frozen in manifest "
             f"{manifest_id[:SHORT_ID]}, which expired on {valid_until}: apt refuses it unless "

@@ -13,6 +13,7 @@ where ``stable`` is a symlink to bookworm (as on a mirror), ``testing`` one to
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,24 @@ def test_a_probe_whose_release_gpg_lags_goes_in_verified_by_the_suites_inrelease
     own_mirror.stop()
     reply = get(own_debcache.url, "/pin/lag/debian/dists/trixie/Release")
     assert reply.body == archive.read("dists/trixie/Release")
+
+
+def test_an_expired_probe_is_served_without_a_valid_until_warning(
+    own_debcache: DebcacheServer, installer_archive: Archive
+) -> None:
+    # d-i's mirror check takes an expired Release (it did from the mirror): only a suite
+    # of which the manifest holds an index is one apt will refuse.
+    expired = datetime.now(UTC) - timedelta(days=7)
+    updates = installer_archive.packages("bookworm-updates")
+    installer_archive.publish_suite(
+        "trixie", updates, date=expired - timedelta(days=7), valid_until=expired
+    )
+    recorded = ["dists/trixie/Release", "dists/bookworm/Release", "dists/bookworm/Release.gpg"]
+    for path in recorded:
+        assert get(own_debcache.url, f"/record/old/debian/{path}").status == 200, path
+    own_debcache.wait_for_fetches(len(recorded), recording="old")
+    frozen = freeze_json(own_debcache, "old", "--promote", "old")
+    assert frozen["warnings"] == [] and frozen["unverified"] == []
+
+    reply = get(own_debcache.url, "/pin/old/debian/dists/trixie/Release")
+    assert reply.status == 200 and reply.header("Warning") is None
