@@ -49,6 +49,7 @@ from .upstream import DownloadFailure, create_session, download_blob, fetch_into
 
 LOCKFILE_FORMAT = "debcache-manifest/1"
 SHORT_ID = 12
+INSTALLER_COMPLETE_NEEDS = "--installer complete needs it"  # a udeb's problem starts so
 MAX_UNLISTED_SIZE = 1 << 20  # a Release.gpg is a few kB; nothing larger is fetched unlisted
 INSTALLER_CHOICES = ("recorded", "complete")
 # What a Freezer that must not download (diff's) makes of a file the store lacks: as
@@ -725,7 +726,7 @@ class Freezer:
                 self._problem(
                     upstream.name,
                     udeb.pool_path,
-                    f"--installer complete needs it ({udeb.index_path} lists it); not cached, "
+                    f"{INSTALLER_COMPLETE_NEEDS} ({udeb.index_path} lists it); not cached, "
                     f"and fetching it failed ({failure})",
                     completing=True,
                 )
@@ -1085,12 +1086,24 @@ class UnverifiableFiles(FreezeError):
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        completing = sum(p.completing for p in problems)
-        recorded = len(problems) - completing
+        udebs = sum(
+            p.completing and p.reason.startswith(INSTALLER_COMPLETE_NEEDS) for p in problems
+        )
+        completing = sum(p.completing for p in problems) - udebs
+        recorded = len(problems) - completing - udebs
         what, remedies = [], []
         if recorded:
             what.append(f"{recorded} recorded file(s) could not be verified")
             remedies.append("fix the mirror or the keyring and record again")
+        if udebs:  # no recording fetched them: the upstream lacks or withheld them
+            what.append(
+                f"{udebs} udeb(s) --installer complete adds could not be completed: neither "
+                "cached nor fetched from the upstream"
+            )
+            remedies.append(
+                'freeze without --installer complete (a branch with fill = "verified" '
+                "fetches a missing udeb when first asked for)"
+            )
         if completing:
             what.append(
                 f"{completing} file(s) a fresh install needs could not be completed: neither "
@@ -1102,7 +1115,7 @@ class UnverifiableFiles(FreezeError):
             (False, True): "to freeze without them (named as warnings)",
             (True, True): "to include the recorded ones marked unverified and freeze "
             "without the others",
-        }[bool(recorded), bool(completing)]
+        }[bool(recorded), bool(completing or udebs)]
         super().__init__(
             "; ".join(what), f"{', or '.join(remedies)}, or pass --allow-unverified {allowed}"
         )
