@@ -700,6 +700,10 @@ def show_manifest(config: Config, manifest_ref: str, as_json: bool) -> None:
             f"completed {len(completed)} file(s) no recording fetched (FROM: completed), "
             "for fresh installs"
         )
+    for problem in manifest.unverified:
+        click.echo(f"unverified {problem}")
+    for warning in manifest.warnings:
+        click.echo(f"warning  {warning}")
     click.echo()
     print_table(
         ["UPSTREAM", "PATH", "SHA256", "SIZE", "FROM"],

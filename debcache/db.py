@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS manifests (
     bytes INTEGER NOT NULL,
     releases TEXT NOT NULL,      -- JSON: "upstream suite" -> {date, sha256, path}
     unverified TEXT NOT NULL,    -- JSON list of entries let in by --allow-unverified
-    completed TEXT NOT NULL DEFAULT '[]'  -- JSON list of "upstream/path" no recording fetched
+    completed TEXT NOT NULL DEFAULT '[]',  -- JSON list of "upstream/path" no recording fetched
+    warnings TEXT NOT NULL DEFAULT '[]'  -- JSON list: what freeze warned of (a probe left out)
 );
 CREATE TABLE IF NOT EXISTS manifest_entries (
     manifest_id TEXT NOT NULL REFERENCES manifests (id),
@@ -158,7 +159,10 @@ def connect_read_only(path: Path) -> sqlite_utils.Database:
 # Columns added after a release: (table, column, definition) for databases made before.
 # Indexes need no entry: SCHEMA creates each IF NOT EXISTS at every open, which builds a
 # new one on an old database too (one on an added column belongs in migrate(), after it).
-ADDED_COLUMNS = (("manifests", "completed", "TEXT NOT NULL DEFAULT '[]'"),)
+ADDED_COLUMNS = (
+    ("manifests", "completed", "TEXT NOT NULL DEFAULT '[]'"),
+    ("manifests", "warnings", "TEXT NOT NULL DEFAULT '[]'"),
+)
 TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
 
 
@@ -533,10 +537,11 @@ def insert_manifest(db: sqlite_utils.Database, manifest: dict, entries: list[dic
     with db.conn:
         cursor = db.conn.execute(
             """INSERT OR IGNORE INTO manifests
-            (id, label, created, recordings, files, bytes, releases, unverified, completed)
+            (id, label, created, recordings, files, bytes, releases, unverified, completed,
+            warnings)
             VALUES (:id, :label, :created, :recordings, :files, :bytes, :releases, :unverified,
-            :completed)""",
-            {"completed": "[]", **manifest},
+            :completed, :warnings)""",
+            {"completed": "[]", "warnings": "[]", **manifest},
         )
         if cursor.rowcount == 0:
             return False

@@ -109,7 +109,7 @@ class Manifest:
     unverified: list[str] = field(default_factory=list)
     # "upstream/path" of files no recording fetched: what completeness added (DESIGN §4)
     completed: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # freeze's, not stored
+    warnings: list[str] = field(default_factory=list)  # freeze's: a probe left out, ...
 
     @property
     def short_id(self) -> str:
@@ -1173,6 +1173,7 @@ def save_manifest(db: sqlite_utils.Database, manifest: Manifest) -> bool:
         "releases": json.dumps(manifest.releases, sort_keys=True),
         "unverified": json.dumps(manifest.unverified),
         "completed": json.dumps(manifest.completed),
+        "warnings": json.dumps(manifest.warnings),
     }
     return queries.insert_manifest(db, row, [asdict(e) for e in manifest.entries])
 
@@ -1209,6 +1210,7 @@ def load_manifest(db: sqlite_utils.Database, manifest_id: str) -> Manifest:
         json.loads(row["releases"]),
         json.loads(row["unverified"]),
         json.loads(row["completed"]),
+        json.loads(row.get("warnings") or "[]"),
     )
 
 

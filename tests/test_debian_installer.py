@@ -133,6 +133,15 @@ def test_freeze_names_the_unverifiable_probe_in_its_human_output(
         f"the upstream ({url}: HTTP 404); a suite probe, left out",
         f"Pin it with: debcache promote BRANCH {lines[0].split()[2].rstrip(':')}",
     ]
+    short_id = lines[0].split()[2].rstrip(":")
+    # The manifest keeps the warning: `manifests show` names it, and the pin's 404 says why.
+    shown = run(own_debcache, "manifests", "show", short_id).output.splitlines()
+    assert f"warning  {lines[1].removeprefix('  warning: ')}" in shown
+    assert run(own_debcache, "promote", "di2", short_id).exit_code == 0
+    reply = get(own_debcache.url, "/pin/di2/debian/dists/unstable/Release")
+    assert reply.status == 404
+    assert b"a recording fetched it, but freeze could not verify it (no Release.gpg" in reply.body
+    assert b"Record an install" not in reply.body
 
 
 def test_a_probe_identical_to_the_chosen_suite_needs_no_upstream(
@@ -183,6 +192,8 @@ def test_an_unverifiable_release_of_a_used_suite_is_named_as_recorded_and_kept_w
     assert sorted(line.split(":")[0] for line in allowed["unverified"]) == sorted(
         f"debian/{path}" for path in recorded
     )
+    shown = run(own_debcache, "manifests", "show", allowed["id"][:12]).output.splitlines()
+    assert "unverified debian/README: neither under dists/ nor under pool/" in shown
 
 
 def test_a_probe_identical_to_an_apt_recorded_inrelease_goes_in_alone(
