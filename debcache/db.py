@@ -747,7 +747,7 @@ def served_by_source(db: sqlite_utils.Database, since: float) -> dict[str, dict[
 
 
 def cached_totals(db: sqlite_utils.Database) -> tuple[int, int]:
-    """Files and bytes in the live cache."""
+    """Paths and bytes in the live cache (not the blobs freeze fetched: FileStore.totals)."""
     files, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM cached").fetchone()
     return files, size
 
