@@ -596,11 +596,11 @@ def test_a_database_made_before_completed_files_were_kept_still_opens(tmp_path: 
     path = tmp_path / "debcache.db"
     old = queries.connect(path)
     old.conn.executescript(
-        queries.SCHEMA.replace("unverified TEXT NOT NULL,", "unverified TEXT NOT NULL").replace(
-            "    completed TEXT NOT NULL DEFAULT '[]'", ""
-        )
+        queries.SCHEMA.replace("unverified TEXT NOT NULL,", "unverified TEXT NOT NULL")
+        .replace("    completed TEXT NOT NULL DEFAULT '[]',", "")
+        .replace("    warnings TEXT NOT NULL DEFAULT '[]'", "")
     )
-    assert "completed" not in old["manifests"].columns_dict
+    assert not {"completed", "warnings"} & set(old["manifests"].columns_dict)
     old.conn.execute(
         "INSERT INTO manifests VALUES "
         "('ab' || hex(zeroblob(31)), NULL, 1.0, '[]', 0, 0, '{}', '[]')"
@@ -612,3 +612,4 @@ def test_a_database_made_before_completed_files_were_kept_still_opens(tmp_path: 
     database = queries.connect(path)
     (row,) = queries.manifest_rows(database)
     assert load_manifest(database, row["id"]).completed == []
+    assert load_manifest(database, row["id"]).warnings == []
