@@ -700,6 +700,10 @@ def show_manifest(config: Config, manifest_ref: str, as_json: bool) -> None:
             f"completed {len(completed)} file(s) no recording fetched (FROM: completed), "
             "for fresh installs"
         )
+    for problem in manifest.unverified:
+        click.echo(f"unverified {problem}")
+    for warning in manifest.warnings:
+        click.echo(f"warning  {warning}")
     click.echo()
     print_table(
         ["UPSTREAM", "PATH", "SHA256", "SIZE", "FROM"],
@@ -893,7 +897,11 @@ def status_command(config: Config, as_json: bool) -> None:
     last = status["last_24h"]
     ratio = "-" if last["hit_ratio"] is None else f"{last['hit_ratio']:.1%}"
     click.echo(f"data       {status['data_dir']}")
-    click.echo(f"cache      {status['cache']['files']} files, {size(status['cache']['bytes'])}")
+    store, cache = status["store"], status["cache"]
+    click.echo(
+        f"store      {store['blobs']} blobs, {size(store['bytes'])}; live cache "
+        f"{cache['files']} paths, {size(cache['bytes'])}"
+    )
     click.echo(f"last 24 h  {last['requests']} requests, hit ratio {ratio}")
     for upstream in status["upstreams"]:
         click.echo(f"upstream   {upstream['name']}: {' '.join(upstream['urls'])}")

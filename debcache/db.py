@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS manifests (
     bytes INTEGER NOT NULL,
     releases TEXT NOT NULL,      -- JSON: "upstream suite" -> {date, sha256, path}
     unverified TEXT NOT NULL,    -- JSON list of entries let in by --allow-unverified
-    completed TEXT NOT NULL DEFAULT '[]'  -- JSON list of "upstream/path" no recording fetched
+    completed TEXT NOT NULL DEFAULT '[]',  -- JSON list of "upstream/path" no recording fetched
+    warnings TEXT NOT NULL DEFAULT '[]'  -- JSON list: what freeze warned of (a probe left out)
 );
 CREATE TABLE IF NOT EXISTS manifest_entries (
     manifest_id TEXT NOT NULL REFERENCES manifests (id),
@@ -158,7 +159,10 @@ def connect_read_only(path: Path) -> sqlite_utils.Database:
 # Columns added after a release: (table, column, definition) for databases made before.
 # Indexes need no entry: SCHEMA creates each IF NOT EXISTS at every open, which builds a
 # new one on an old database too (one on an added column belongs in migrate(), after it).
-ADDED_COLUMNS = (("manifests", "completed", "TEXT NOT NULL DEFAULT '[]'"),)
+ADDED_COLUMNS = (
+    ("manifests", "completed", "TEXT NOT NULL DEFAULT '[]'"),
+    ("manifests", "warnings", "TEXT NOT NULL DEFAULT '[]'"),
+)
 TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
 
 
@@ -529,10 +533,11 @@ def insert_manifest(db: sqlite_utils.Database, manifest: dict, entries: list[dic
     with db.conn:
         cursor = db.conn.execute(
             """INSERT OR IGNORE INTO manifests
-            (id, label, created, recordings, files, bytes, releases, unverified, completed)
+            (id, label, created, recordings, files, bytes, releases, unverified, completed,
+            warnings)
             VALUES (:id, :label, :created, :recordings, :files, :bytes, :releases, :unverified,
-            :completed)""",
-            {"completed": "[]", **manifest},
+            :completed, :warnings)""",
+            {"completed": "[]", "warnings": "[]", **manifest},
         )
         if cursor.rowcount == 0:
             return False
@@ -738,9 +743,24 @@ def served_by_source(db: sqlite_utils.Database, since: float) -> dict[str, dict[
 
 
 def cached_totals(db: sqlite_utils.Database) -> tuple[int, int]:
-    """Files and bytes in the live cache."""
+    """Paths and bytes in the live cache (not the blobs freeze fetched: FileStore.totals)."""
     files, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM cached").fetchone()
     return files, size
+
+
+def suite_beyond_release(
+    db: sqlite_utils.Database, manifest_id: str, upstream: str, suite: str
+) -> bool:
+    """Whether the manifest holds more of the suite than its Release forms (an index):
+    without, the suite is a probe (debian-installer's mirror check)."""
+    prefix = f"dists/{suite}/"
+    release_forms = [prefix + name for name in ("InRelease", "Release", "Release.gpg")]
+    row = db.execute(
+        """SELECT 1 FROM manifest_entries WHERE manifest_id = ? AND upstream = ?
+        AND path >= ? AND path < ? AND path NOT IN (?, ?, ?) LIMIT 1""",
+        [manifest_id, upstream, prefix, prefix[:-1] + "0", *release_forms],
+    ).fetchone()
+    return row is not None
 
 
 def branch_upstreams(db: sqlite_utils.Database) -> list[tuple[str, str]]:

@@ -50,6 +50,7 @@ from .upstream import DownloadFailure, create_session, download_blob, fetch_into
 
 LOCKFILE_FORMAT = "debcache-manifest/1"
 SHORT_ID = 12
+INSTALLER_COMPLETE_NEEDS = "--installer complete needs it"  # a udeb's problem starts so
 MAX_UNLISTED_SIZE = 1 << 20  # a Release.gpg is a few kB; nothing larger is fetched unlisted
 INSTALLER_CHOICES = ("recorded", "complete")
 # What a Freezer that must not download (diff's) makes of a file the store lacks: as
@@ -109,7 +110,7 @@ class Manifest:
     unverified: list[str] = field(default_factory=list)
     # "upstream/path" of files no recording fetched: what completeness added (DESIGN §4)
     completed: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # freeze's, not stored
+    warnings: list[str] = field(default_factory=list)  # freeze's: a probe left out, ...
 
     @property
     def short_id(self) -> str:
@@ -301,8 +302,38 @@ class Freezer:
             return
         before = len(self.problems)
         self._plan_suite(upstream, suite, recorded, all_recorded)
+        if len(self.problems) > before and self._probe_verified_by_inrelease(
+            upstream, suite, recorded[path]
+        ):
+            del self.problems[before:]
         self.unverified_probes += self.problems[before:]
         del self.problems[before:]
+
+    def _probe_verified_by_inrelease(
+        self, upstream: Upstream, suite: str, release: tuple[str, int]
+    ) -> bool:
+        """A mirror's Release.gpg may lag its Release (BADSIG) while its InRelease, whose
+        signed text is the same Release byte for byte, verifies: then the probe's Release
+        goes in, with that InRelease (cached, else fetched now like a Release.gpg)."""
+        path = f"dists/{suite}/InRelease"
+        inrelease = self._cached(upstream, path) or self._fetch(upstream, path, None)
+        if inrelease is None or upstream.keyring is None:
+            return False
+        try:
+            text = verify_signature(upstream.keyring, self._blob(inrelease[0]))
+        except (SignatureError, FileNotFoundError):
+            return False
+        if hashlib.sha256(text).hexdigest() != release[0]:
+            return False
+        self.add(Entry(upstream.name, f"dists/{suite}/Release", *release))
+        self.add(Entry(upstream.name, path, *inrelease))
+        info = parse_release(text)
+        self.releases[f"{upstream.name} {suite}"] = {
+            "date": info.date,
+            "sha256": inrelease[0],
+            "valid_until": info.valid_until,
+        }
+        return True
 
     def _plan_suite(
         self,
@@ -696,7 +727,7 @@ class Freezer:
                 self._problem(
                     upstream.name,
                     udeb.pool_path,
-                    f"--installer complete needs it ({udeb.index_path} lists it); not cached, "
+                    f"{INSTALLER_COMPLETE_NEEDS} ({udeb.index_path} lists it); not cached, "
                     f"and fetching it failed ({failure})",
                     completing=True,
                 )
@@ -1056,12 +1087,24 @@ class UnverifiableFiles(FreezeError):
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        completing = sum(p.completing for p in problems)
-        recorded = len(problems) - completing
+        udebs = sum(
+            p.completing and p.reason.startswith(INSTALLER_COMPLETE_NEEDS) for p in problems
+        )
+        completing = sum(p.completing for p in problems) - udebs
+        recorded = len(problems) - completing - udebs
         what, remedies = [], []
         if recorded:
             what.append(f"{recorded} recorded file(s) could not be verified")
             remedies.append("fix the mirror or the keyring and record again")
+        if udebs:  # no recording fetched them: the upstream lacks or withheld them
+            what.append(
+                f"{udebs} udeb(s) --installer complete adds could not be completed: neither "
+                "cached nor fetched from the upstream"
+            )
+            remedies.append(
+                'freeze without --installer complete (a branch with fill = "verified" '
+                "fetches a missing udeb when first asked for)"
+            )
         if completing:
             what.append(
                 f"{completing} file(s) a fresh install needs could not be completed: neither "
@@ -1073,7 +1116,7 @@ class UnverifiableFiles(FreezeError):
             (False, True): "to freeze without them (named as warnings)",
             (True, True): "to include the recorded ones marked unverified and freeze "
             "without the others",
-        }[bool(recorded), bool(completing)]
+        }[bool(recorded), bool(completing or udebs)]
         super().__init__(
             "; ".join(what), f"{', or '.join(remedies)}, or pass --allow-unverified {allowed}"
         )
@@ -1131,6 +1174,7 @@ def save_manifest(db: sqlite_utils.Database, manifest: Manifest) -> bool:
         "releases": json.dumps(manifest.releases, sort_keys=True),
         "unverified": json.dumps(manifest.unverified),
         "completed": json.dumps(manifest.completed),
+        "warnings": json.dumps(manifest.warnings),
     }
     return queries.insert_manifest(db, row, [asdict(e) for e in manifest.entries])
 
@@ -1167,6 +1211,7 @@ def load_manifest(db: sqlite_utils.Database, manifest_id: str) -> Manifest:
         json.loads(row["releases"]),
         json.loads(row["unverified"]),
         json.loads(row["completed"]),
+        json.loads(row.get("warnings") or "[]"),
     )
 
 

@@ -107,6 +107,7 @@ class PinnedFiles:
                 found = PinnedFile(*filled, current, filled=True)
         if found is None:
             await self._check_upstream_in(current, upstream, path, f"/pin/{branch}/")
+            self._check_left_out(current, branch, upstream, path)
             raise NotFound(
                 f"{upstream}/{path} is not in manifest {current[:SHORT_ID]} of branch {branch}",
                 "record an install that fetches it (http://NAME@cache:3142/ as its proxy), then "
@@ -119,6 +120,22 @@ class PinnedFiles:
             warning = self._expiry_warning(branch, found.manifest_id, upstream, located[0])
         return dataclasses.replace(found, last_modified=row["changed"], warning=warning)
 
+    def _check_left_out(self, manifest_id: str, branch: str, upstream: str, path: str) -> None:
+        """NotFound with freeze's reason when a recording fetched the file but freeze left
+        it out (a probe it could not verify): recording it again would not help."""
+        row = queries.manifest_row(self._loop_db, manifest_id)
+        named = f"{upstream}/{path}: "
+        warnings = json.loads(row.get("warnings") or "[]") if row else []
+        probes = [w for w in warnings if w.startswith(named) and "a suite probe" in w]
+        reason = probes[0][len(named) :] if probes else None
+        if reason is not None:
+            raise NotFound(
+                f"{upstream}/{path} is not in manifest {manifest_id[:SHORT_ID]} of branch "
+                f"{branch}: a recording fetched it, but freeze could not verify it ({reason})",
+                "fix the upstream's signature or keyring and freeze again, or freeze with "
+                "--allow-unverified to include it marked unverified",
+            )
+
     def _expiry_warning(
         self, branch: str, manifest_id: str, upstream: str, suite: str
     ) -> str | None:
@@ -128,6 +145,9 @@ class PinnedFiles:
         valid_until = releases.get(f"{upstream} {suite}", {}).get("valid_until")
         expires = http_date_timestamp(valid_until)
         if expires is None or expires > time.time():
+            return None
+        # A probe (the Release alone): d-i's mirror check ignores Valid-Until.
+        if not queries.suite_beyond_release(self._loop_db, manifest_id, upstream, suite):
             return None
         return (
             f"branch {branch} serves the Release of {upstream} {suite} frozen in manifest "

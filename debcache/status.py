@@ -10,19 +10,22 @@ import sqlite_utils
 from . import db as queries
 from .config import Config
 from .manifest import SHORT_ID
+from .store import FileStore
 
 RECENT_RECORDINGS = 20
 HIT_RATIO_WINDOW = 86400.0
 
 
 def collect_status(config: Config, db: sqlite_utils.Database) -> dict:
-    """Upstreams, branches and their manifests, recent recordings, cache size and hit ratio."""
+    """Upstreams, branches and their manifests, recent recordings, store and live-cache
+    sizes, and hit ratio."""
     now = time.time()
     by_source = queries.served_by_source(db, now - HIT_RATIO_WINDOW)
     cached = {"hit", "coalesced", "pinned", "stale"}
     total = sum(v["requests"] for v in by_source.values())
     from_cache = sum(v["requests"] for k, v in by_source.items() if k in cached)
     files, size = queries.cached_totals(db)
+    blobs, stored = FileStore(config.data_dir).totals()
     return {
         "data_dir": str(config.data_dir),
         "upstreams": [
@@ -43,7 +46,8 @@ def collect_status(config: Config, db: sqlite_utils.Database) -> dict:
         ],
         "manifests": queries.manifest_count(db),
         "recordings": queries.recording_summaries(db, RECENT_RECORDINGS),
-        "cache": {"files": files, "bytes": size},
+        "cache": {"files": files, "bytes": size},  # live-cache paths
+        "store": {"blobs": blobs, "bytes": stored},  # every blob, freeze's fetches too
         "last_24h": {
             "requests": total,
             "hit_ratio": round(from_cache / total, 4) if total else None,

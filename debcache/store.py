@@ -120,6 +120,19 @@ class FileStore:
     def delete(self, sha256: str) -> None:
         self.local_path(sha256).unlink(missing_ok=True)
 
+    def totals(self) -> tuple[int, int]:
+        """Blobs and bytes in the store: the live cache's and those freeze fetched."""
+        blobs = size = 0
+        if not self.blobs.is_dir():  # a data dir no server has opened yet
+            return 0, 0
+        for sha256 in self.iterate():
+            try:
+                size += self.local_path(sha256).stat().st_size
+            except FileNotFoundError:  # gc removed it meanwhile
+                continue
+            blobs += 1
+        return blobs, size
+
     def iterate(self) -> Iterator[str]:
         """Every blob's digest."""
         for prefix in self.blobs.iterdir():

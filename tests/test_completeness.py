@@ -524,6 +524,24 @@ def test_installer_complete_holds_every_udeb_of_the_frozen_installer_index(
     assert reply.status == 200 and reply.body == own_archive.read(kernel_udeb)
 
 
+def test_installer_complete_names_udebs_the_upstream_lacks_as_not_recorded(
+    own_debcache: DebcacheServer, own_archive: Archive, own_mirror: FakeMirror
+) -> None:
+    # A mirror without some udebs: they were never recorded, so "record again" is no remedy.
+    record_debian_installer(own_debcache, own_archive, "di-gone")
+    kernel_udeb = own_archive.pool_path(own_archive.installer("bookworm").kernel_udeb().name)
+    own_mirror.set_fault(f"/debian/{kernel_udeb}", Fault.status(404))
+    failed = run(own_debcache, "freeze", "di-gone", "--installer", "complete")
+    assert failed.exit_code == 1
+    assert failed.output.splitlines()[0] == (
+        "Error: 1 udeb(s) --installer complete adds could not be completed: neither cached "
+        "nor fetched from the upstream. Freeze without --installer complete (a branch with "
+        'fill = "verified" fetches a missing udeb when first asked for), or pass '
+        "--allow-unverified to freeze without them (named as warnings)."
+    )
+    assert f"  debian/{kernel_udeb}: --installer complete needs it" in failed.output
+
+
 def test_a_recorded_arch_all_udeb_completes_its_suites_installer_index(
     own_debcache: DebcacheServer, own_archive: Archive
 ) -> None:
@@ -578,11 +596,11 @@ def test_a_database_made_before_completed_files_were_kept_still_opens(tmp_path: 
     path = tmp_path / "debcache.db"
     old = queries.connect(path)
     old.conn.executescript(
-        queries.SCHEMA.replace("unverified TEXT NOT NULL,", "unverified TEXT NOT NULL").replace(
-            "    completed TEXT NOT NULL DEFAULT '[]'", ""
-        )
+        queries.SCHEMA.replace("unverified TEXT NOT NULL,", "unverified TEXT NOT NULL")
+        .replace("    completed TEXT NOT NULL DEFAULT '[]',", "")
+        .replace("    warnings TEXT NOT NULL DEFAULT '[]'", "")
     )
-    assert "completed" not in old["manifests"].columns_dict
+    assert not {"completed", "warnings"} & set(old["manifests"].columns_dict)
     old.conn.execute(
         "INSERT INTO manifests VALUES "
         "('ab' || hex(zeroblob(31)), NULL, 1.0, '[]', 0, 0, '{}', '[]')"
@@ -594,3 +612,4 @@ def test_a_database_made_before_completed_files_were_kept_still_opens(tmp_path: 
     database = queries.connect(path)
     (row,) = queries.manifest_rows(database)
     assert load_manifest(database, row["id"]).completed == []
+    assert load_manifest(database, row["id"]).warnings == []

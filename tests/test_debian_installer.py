@@ -13,6 +13,7 @@ where ``stable`` is a symlink to bookworm (as on a mirror), ``testing`` one to
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,15 @@ def test_freeze_names_the_unverifiable_probe_in_its_human_output(
         f"the upstream ({url}: HTTP 404); a suite probe, left out",
         f"Pin it with: debcache promote BRANCH {lines[0].split()[2].rstrip(':')}",
     ]
+    short_id = lines[0].split()[2].rstrip(":")
+    # The manifest keeps the warning: `manifests show` names it, and the pin's 404 says why.
+    shown = run(own_debcache, "manifests", "show", short_id).output.splitlines()
+    assert f"warning  {lines[1].removeprefix('  warning: ')}" in shown
+    assert run(own_debcache, "promote", "di2", short_id).exit_code == 0
+    reply = get(own_debcache.url, "/pin/di2/debian/dists/unstable/Release")
+    assert reply.status == 404
+    assert b"a recording fetched it, but freeze could not verify it (no Release.gpg" in reply.body
+    assert b"Record an install" not in reply.body
 
 
 def test_a_probe_identical_to_the_chosen_suite_needs_no_upstream(
@@ -182,6 +192,8 @@ def test_an_unverifiable_release_of_a_used_suite_is_named_as_recorded_and_kept_w
     assert sorted(line.split(":")[0] for line in allowed["unverified"]) == sorted(
         f"debian/{path}" for path in recorded
     )
+    shown = run(own_debcache, "manifests", "show", allowed["id"][:12]).output.splitlines()
+    assert "unverified debian/README: neither under dists/ nor under pool/" in shown
 
 
 def test_a_probe_identical_to_an_apt_recorded_inrelease_goes_in_alone(
@@ -202,3 +214,50 @@ def test_a_probe_identical_to_an_apt_recorded_inrelease_goes_in_alone(
     assert frozen["warnings"] == [] and frozen["unverified"] == []
     entries = {e["path"] for e in manifest_json(own_debcache, frozen["id"])["entries"]}
     assert "dists/stable/Release" in entries and "dists/stable/Release.gpg" not in entries
+
+
+def test_a_probe_whose_release_gpg_lags_goes_in_verified_by_the_suites_inrelease(
+    own_debcache: DebcacheServer, installer_archive: Archive, own_mirror: FakeMirror
+) -> None:
+    # A mirror's Release.gpg may lag its Release (BADSIG) while its InRelease verifies and
+    # signs the same Release text byte for byte.
+    archive = installer_archive
+    archive.publish_suite("trixie", archive.packages("bookworm-updates"))
+    archive.path("dists/trixie/Release.gpg").write_bytes(archive.read("dists/bookworm/Release.gpg"))
+    recorded = ["dists/trixie/Release", "dists/bookworm/Release", "dists/bookworm/Release.gpg"]
+    for path in recorded:
+        assert get(own_debcache.url, f"/record/lag/debian/{path}").status == 200, path
+    own_debcache.wait_for_fetches(len(recorded), recording="lag")
+
+    frozen = freeze_json(own_debcache, "lag")
+    assert frozen["warnings"] == [] and frozen["unverified"] == []
+    entries = {e["path"]: e["sha256"] for e in manifest_json(own_debcache, frozen["id"])["entries"]}
+    assert entries["dists/trixie/Release"] == archive.sha256("dists/trixie/Release")
+    assert entries["dists/trixie/InRelease"] == archive.sha256("dists/trixie/InRelease")
+    assert "dists/trixie/Release.gpg" not in entries  # it does not verify
+
+    assert run(own_debcache, "promote", "lag", frozen["id"]).exit_code == 0
+    own_mirror.stop()
+    reply = get(own_debcache.url, "/pin/lag/debian/dists/trixie/Release")
+    assert reply.body == archive.read("dists/trixie/Release")
+
+
+def test_an_expired_probe_is_served_without_a_valid_until_warning(
+    own_debcache: DebcacheServer, installer_archive: Archive
+) -> None:
+    # d-i's mirror check takes an expired Release (it did from the mirror): only a suite
+    # of which the manifest holds an index is one apt will refuse.
+    expired = datetime.now(UTC) - timedelta(days=7)
+    updates = installer_archive.packages("bookworm-updates")
+    installer_archive.publish_suite(
+        "trixie", updates, date=expired - timedelta(days=7), valid_until=expired
+    )
+    recorded = ["dists/trixie/Release", "dists/bookworm/Release", "dists/bookworm/Release.gpg"]
+    for path in recorded:
+        assert get(own_debcache.url, f"/record/old/debian/{path}").status == 200, path
+    own_debcache.wait_for_fetches(len(recorded), recording="old")
+    frozen = freeze_json(own_debcache, "old", "--promote", "old")
+    assert frozen["warnings"] == [] and frozen["unverified"] == []
+
+    reply = get(own_debcache.url, "/pin/old/debian/dists/trixie/Release")
+    assert reply.status == 200 and reply.header("Warning") is None

@@ -80,10 +80,12 @@ def test_a_second_freeze_of_the_same_set_applies_its_new_name(
 def test_allow_unverified_keeps_a_release_that_has_no_release_gpg_marked_unverified(
     own_debcache: DebcacheServer, own_archive: Archive, own_mirror: FakeMirror
 ) -> None:
-    # Issue 12's recording, from a mirror that has no Release.gpg for the Release.
+    # Issue 12's recording, from a mirror that has no Release.gpg for the Release (nor an
+    # InRelease, whose signed text would vouch for it).
     own_archive.path("README").write_text("a mirror's README\n")
     own_archive.path("ls-lR.gz").write_bytes(gzip.compress(b"total 0\n"))
     own_archive.path("dists/bookworm/Release.gpg").unlink()
+    own_archive.path("dists/bookworm/InRelease").unlink()
     recorded = ["dists/bookworm/Release", "README", "ls-lR.gz"]
     for path in recorded:
         assert get(own_debcache.url, f"/record/misc/debian/{path}").status == 200
@@ -124,6 +126,7 @@ def test_without_the_flag_an_unverifiable_probe_is_a_warning_and_left_out(
     own_debcache: DebcacheServer, own_archive: Archive, own_mirror: FakeMirror
 ) -> None:
     own_archive.path("dists/bookworm/Release.gpg").unlink()
+    own_archive.path("dists/bookworm/InRelease").unlink()  # it would vouch for the Release
     assert get(own_debcache.url, "/record/probe/debian/dists/bookworm/Release").status == 200
     own_debcache.wait_for_fetches(1, recording="probe")
     result = run(own_debcache, "freeze", "probe", "--json")

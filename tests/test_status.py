@@ -34,13 +34,21 @@ def test_status_page_api_cli_and_metrics_agree(
     assert api["upstreams"][0]["name"] == "debian"
     assert api["cache"]["files"] >= 4 and api["cache"]["bytes"] > 0
     assert 0 < api["last_24h"]["hit_ratio"] < 1
+    # The store counts every blob, freeze's completing fetches too; the live cache its paths.
+    blobs = [b for b in (keyed_debcache.data_dir / "blobs").rglob("*") if b.is_file()]
+    assert api["store"] == {"blobs": len(blobs), "bytes": sum(b.stat().st_size for b in blobs)}
+    assert api["store"]["blobs"] > api["cache"]["files"]
     cli = json.loads(run(keyed_debcache, "status", "--json").output)
     assert cli == api
+    text = run(keyed_debcache, "status").output.splitlines()
+    assert text[1].startswith(f"store      {len(blobs)} blobs, ")
+    assert f"; live cache {api['cache']['files']} paths, " in text[1]
 
     page = get(keyed_debcache.url, "/_/")
     assert page.status == 200 and page.header("Content-Type").startswith("text/html")
     text = page.body.decode()
     assert "xen-4.19" in text and manifest[:12] in text and "nightly-7" in text
+    assert f"Store: {len(blobs)} blobs, " in text and "live cache: " in text
 
     metrics = get(keyed_debcache.url, "/_/metrics").body.decode()
     assert 'debcache_requests_total{source="hit",status="200"} 1.0' in metrics

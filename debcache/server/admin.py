@@ -70,6 +70,8 @@ async def status_page(request: web.Request) -> web.Response:
     last = status["last_24h"]
     ratio = "-" if last["hit_ratio"] is None else f"{last['hit_ratio']:.1%}"
     page = STATUS_PAGE.substitute(
+        store_blobs=status["store"]["blobs"],
+        store_size=_size(status["store"]["bytes"]),
         cache_files=status["cache"]["files"],
         cache_size=_size(status["cache"]["bytes"]),
         requests=last["requests"],

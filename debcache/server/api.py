@@ -150,7 +150,11 @@ async def manifests(request: web.Request) -> web.Response:
     rows = await _run(request, lambda c, db, s: queries.manifest_rows(db))
     return _json(
         [
-            {k: v for k, v in r.items() if k not in ("releases", "unverified", "completed")}
+            {
+                k: v
+                for k, v in r.items()
+                if k not in ("releases", "unverified", "completed", "warnings")
+            }
             for r in rows
         ]
     )
