@@ -14,7 +14,8 @@ import time
 from benchmarks.settings import SUITE
 from benchmarks.systems import debcache_command, run_timed, write_config
 from benchmarks.workloads import Bench
-from debcache.manifest import LOCKFILE_FORMAT, Entry, manifest_id
+from debcache.lockfile import LOCKFILE_FORMAT
+from debcache.manifest import Entry, manifest_id
 from debcache.store import FileStore
 
 RELEASE_DATES = {"a": "Sat, 10 Jun 2023 08:53:51 UTC", "b": "Sat, 07 Oct 2023 09:12:44 UTC"}

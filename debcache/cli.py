@@ -34,18 +34,11 @@ from .config import (
 )
 from .diff import diff, load_side
 from .errors import BadRequest, ConfigError, DebcacheError
+from .freeze import freeze
 from .lifecycle import collect_garbage, verify_store
-from .manifest import (
-    SHORT_ID,
-    check_recordings_exist,
-    export_lockfile,
-    freeze,
-    import_manifest,
-    load_manifest,
-    parse_lockfile,
-    resolve_manifest_id,
-)
-from .recording import recording_contents, recording_summaries
+from .lockfile import export_lockfile, import_manifest, parse_lockfile
+from .manifest import SHORT_ID, load_manifest, resolve_manifest_id
+from .recording import check_recordings_exist, recording_contents, recording_summaries
 from .resign import export_public_key
 from .status import collect_status, status_json
 from .store import FileStore

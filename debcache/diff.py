@@ -26,13 +26,13 @@ from . import db as queries
 from .archive import parse_release, suite_of
 from .config import Config
 from .errors import NotFound
+from .freeze import plan_manifest
 from .manifest import (
     SHORT_ID,
     Entry,
     Manifest,
     load_manifest,
     near_matches,
-    plan_manifest,
     resolve_manifest_id,
 )
 from .store import FileStore

@@ -18,7 +18,8 @@ import sqlite_utils
 
 from . import db as queries
 from .db import FETCH_COLUMNS, Database
-from .errors import BadRequest
+from .errors import BadRequest, NotFound
+from .manifest import near_matches
 from .metrics import Metrics
 
 RECORDING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -185,3 +186,18 @@ def recording_contents(db: sqlite_utils.Database, name: str) -> dict:
         "files": queries.recorded_files(db, [name]),
         "failed": [f.as_json() for f in failed_fetches(db, [name])],
     }
+
+
+def recordings_named(names: list[str]) -> str:
+    """`recording a` or `recordings a, b`: a message never starts with a bare name."""
+    return f"recording{'s' if len(names) > 1 else ''} {', '.join(names)}"
+
+
+def check_recordings_exist(db: sqlite_utils.Database, recordings: list[str]) -> None:
+    for name in recordings:
+        if not queries.recording_exists(db, name):
+            known = queries.recording_names(db)
+            raise NotFound(
+                f"no recording named {name!r}{near_matches(name, known)}",
+                "list them with `debcache recordings`",
+            )

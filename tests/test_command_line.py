@@ -31,7 +31,8 @@ from workflow import run
 from debcache import db
 from debcache.cli import cli
 from debcache.errors import DebcacheError
-from debcache.manifest import LOCKFILE_FORMAT, Entry, manifest_id
+from debcache.lockfile import LOCKFILE_FORMAT
+from debcache.manifest import Entry, manifest_id
 from debcache.recording import FetchLog
 
 ROOT = Path(__file__).parent.parent

@@ -270,7 +270,7 @@ def test_concurrent_freezes_of_the_same_recordings_make_one_manifest(
 
     from debcache import db as queries
     from debcache.config import load_config
-    from debcache.manifest import freeze
+    from debcache.freeze import freeze
     from debcache.store import FileStore
 
     record_install(keyed_debcache, apt, archive, mirror, "twice", "hello")

@@ -49,7 +49,7 @@ def test_installer_md5sums_listed_in_release_freezes(
 def test_security_pool_paths_under_pool_updates_find_their_packages() -> None:
     # security.debian.org: Filename: pool/updates/main/o/openssl/..., index main/binary-amd64.
     from debcache.archive import ReleaseEntry, ReleaseInfo
-    from debcache.manifest import PackagesListings
+    from debcache.freeze import PackagesListings
 
     entry = ReleaseEntry("main/binary-amd64/Packages.xz", "0" * 64, 1)
     info = ReleaseInfo(None, None, None, None, {entry.name: entry})

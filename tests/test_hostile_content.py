@@ -29,7 +29,8 @@ from debcache.archive import (
     parse_release,
 )
 from debcache.errors import BadRequest, UnreadableIndex
-from debcache.manifest import LOCKFILE_FORMAT, Entry, manifest_id, parse_lockfile
+from debcache.lockfile import LOCKFILE_FORMAT, parse_lockfile
+from debcache.manifest import Entry, manifest_id
 
 SHA = "a" * 64
 FIELDS = {"Package", "Version", "Architecture", "Filename", "Size", "SHA256"}

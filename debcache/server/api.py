@@ -20,14 +20,10 @@ from .. import db as queries
 from ..branches import current_manifest_id, promote, rollback
 from ..diff import diff, load_side
 from ..errors import BadRequest, Forbidden
-from ..manifest import (
-    check_recordings_exist,
-    export_lockfile,
-    freeze,
-    load_manifest,
-    resolve_manifest_id,
-)
-from ..recording import recording_contents, recording_summaries
+from ..freeze import freeze
+from ..lockfile import export_lockfile
+from ..manifest import load_manifest, resolve_manifest_id
+from ..recording import check_recordings_exist, recording_contents, recording_summaries
 from ..store import FileStore
 from .keys import CONFIG, MACHINE_NAMES
 
