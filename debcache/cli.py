@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import errno
@@ -17,14 +18,14 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 import sqlite_utils
 from click import ParameterSource
 
 from . import db
-from .branches import Change, check_branch_name, current_manifest_id, promote, rollback
+from .branches import Change, current_manifest_id, promote, rollback
 from .config import (
     Config,
     default_data_dir,
@@ -42,6 +43,9 @@ from .recording import check_recordings_exist, recording_contents, recording_sum
 from .resign import export_public_key
 from .status import collect_status, status_json
 from .store import FileStore
+from .upstream import UpstreamClient, create_session
+
+T = TypeVar("T")
 
 
 class UserError(click.ClickException):
@@ -313,11 +317,14 @@ def print_json(document: object) -> None:
     click.echo(json.dumps(document, indent=2, sort_keys=True))
 
 
-def open_state(config: Config, read_only: bool = False) -> tuple[sqlite_utils.Database, FileStore]:
+def open_state(
+    config: Config, read_only: bool = False, any_thread: bool = False
+) -> tuple[sqlite_utils.Database, FileStore]:
     """The database and the store of `config.data_dir`, for a command-line operation.
 
     `read_only` commands neither create nor migrate the schema, so a user who may only
-    read the data dir can run them. The connection closes with the command.
+    read the data dir can run them. `any_thread`: for an operation that runs on
+    `with_upstream_client`'s worker thread. The connection closes with the command.
     """
     check_data_dir(config)
     if not (config.data_dir / "debcache.db").exists():
@@ -331,7 +338,7 @@ def open_state(config: Config, read_only: bool = False) -> tuple[sqlite_utils.Da
             database = db.connect_read_only(path)
         else:
             db.create_schema(path)
-            database = db.connect(path)
+            database = db.connect(path, check_same_thread=not any_thread)
         lacks = db.schema_lacks(database) if read_only else []
     except sqlite3.Error as exc:  # most often: another user's data dir
         raise ConfigError(f"{path}: {exc}", ACCESS_REMEDY) from None
@@ -345,6 +352,21 @@ def open_state(config: Config, read_only: bool = False) -> tuple[sqlite_utils.Da
     if context is not None:
         context.call_on_close(database.conn.close)
     return database, FileStore(config.data_dir)
+
+
+def with_upstream_client(operation: Callable[[UpstreamClient], T]) -> T:
+    """Run `operation(client)` with the command's one event loop, which holds the HTTP
+    session and the UpstreamClient it downloads through.
+
+    The operation blocks (SQLite, gpgv, hashing), so it runs on a worker thread, as in
+    the server; its downloads run on the loop.
+    """
+
+    async def main() -> T:
+        async with create_session() as session:
+            return await asyncio.to_thread(operation, UpstreamClient(session))
+
+    return asyncio.run(main())
 
 
 ACCESS_REMEDY = "run debcache as the user `debcache serve` runs as, who owns the data dir"
@@ -574,23 +596,24 @@ def freeze_command(
     Example:
         debcache freeze xen-4.19-run-1234 --name "xen-4.19 2024-06"
     """
-    database, store = open_state(config)
-    if branch:
-        check_branch_name(branch)
-    total = len(db.recorded_files(database, list(recording_names)))
-    # Completing may download after the recorded files are verified: it adds its files.
-    with growing_progress_bar(total, "Verifying") as (progress, more_work):
-        manifest, created = freeze(
-            config,
-            database,
-            store,
-            list(recording_names),
-            label=label,
-            allow_unverified=allow_unverified,
-            strict=strict,
-            installer=installer,
-            progress=progress,
-            more_work=more_work,
+    database, store = open_state(config, any_thread=True)
+    # The freeze says how many files it verifies, and adds those completing downloads.
+    with growing_progress_bar(0, "Verifying") as (progress, more_work):
+        manifest, created = with_upstream_client(
+            lambda client: freeze(
+                config,
+                database,
+                store,
+                list(recording_names),
+                client=client,
+                promote=branch,
+                label=label,
+                allow_unverified=allow_unverified,
+                strict=strict,
+                installer=installer,
+                progress=progress,
+                more_work=more_work,
+            )
         )
     summary = {
         "id": manifest.id,
@@ -604,7 +627,6 @@ def freeze_command(
         "completed": len(manifest.completed),
     }
     if branch:
-        promote(database, store, branch, manifest.id, note=f"freeze {' '.join(recording_names)}")
         summary["promoted"] = branch
     if as_json:
         print_json(summary)
@@ -747,10 +769,13 @@ def import_manifest_command(config: Config, lockfile: Path, source_url: str | No
     manifest = parse_lockfile(document, str(lockfile))
     create_data_dir(config)
     db.create_schema(config.data_dir / "debcache.db")
-    database, store = open_state(config)
-    store.create_directories()
+    database, store = open_state(config, any_thread=True)
     with progress_bar(len(manifest.entries), "Fetching") as progress:
-        imported = import_manifest(config, database, store, manifest, source_url, progress)
+        imported = with_upstream_client(
+            lambda client: import_manifest(
+                config, database, store, manifest, client, source_url, progress
+            )
+        )
     files, short_id = len(manifest.entries), manifest.short_id
     restored = f"{imported.restored_files} missing file(s) ({size(imported.restored_bytes)})"
     if imported.created:
@@ -952,10 +977,12 @@ def gc_command(config: Config, max_size: str, dry_run: bool, as_json: bool) -> N
 @pass_config
 def verify_command(config: Config, as_json: bool) -> None:
     """Re-hash the store; quarantine corrupt blobs and fetch them again where possible."""
-    database, store = open_state(config)
+    database, store = open_state(config, any_thread=True)
     count = sum(1 for _ in store.iterate())
     with progress_bar(count, "Hashing") as progress:
-        report = verify_store(config, database, store, progress)
+        report = with_upstream_client(
+            lambda client: verify_store(config, database, store, client, progress)
+        )
     if as_json:
         print_json(dataclasses.asdict(report))
     else:

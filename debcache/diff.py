@@ -395,7 +395,7 @@ def load_side(config: Config, db: sqlite_utils.Database, store: FileStore, name:
         description = f"manifest {manifest.short_id}"
     elif queries.recording_exists(db, name):
         # Read-only: what it would freeze from what is cached; diff never downloads.
-        manifest = plan_manifest(config, db, store, [name], allow_unverified=True, fetch=False)
+        manifest = plan_manifest(config, db, store, [name], allow_unverified=True)
         description = f"recording {name} (as it would freeze)"
     else:
         candidates = queries.recording_names(db)

@@ -8,7 +8,6 @@ what a fresh install needs that no recording fetched (DESIGN §4).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import time
@@ -16,9 +15,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
+from . import branches
 from . import db as queries
 from .archive import (
     RELEASE_NAMES,
@@ -34,7 +35,6 @@ from .archive import (
     parse_checksums_file,
     parse_release,
     suite_of,
-    upstream_url,
     verify_signature,
 )
 from .config import Config, Upstream
@@ -42,7 +42,7 @@ from .errors import BadRequest, DebcacheError
 from .manifest import SHORT_ID, Entry, Manifest, load_manifest, manifest_id, save_manifest
 from .recording import FailedFetch, check_recordings_exist, failed_fetches, recordings_named
 from .store import FileStore
-from .upstream import DownloadFailure, create_session, download_blob, fetch_into_store
+from .upstream import DownloadFailure, UpstreamClient
 
 INSTALLER_COMPLETE_NEEDS = "--installer complete needs it"  # a udeb's problem starts so
 MAX_UNLISTED_SIZE = 1 << 20  # a Release.gpg is a few kB; nothing larger is fetched unlisted
@@ -98,11 +98,11 @@ class Freezer:
         db: sqlite_utils.Database,
         store: FileStore,
         installer: str = "recorded",
-        fetch: bool = True,
+        client: UpstreamClient | None = None,
     ) -> None:
         self.config, self.db, self.store = config, db, store
         self.installer = installer
-        self.fetch = fetch  # off: complete from the store only (diff never downloads)
+        self.client = client  # None: complete from the store only (diff never downloads)
         self.entries: dict[tuple[str, str], Entry] = {}
         self.problems: list[Problem] = []
         self.warnings: list[str] = []  # named in freeze's output; never fail it
@@ -136,8 +136,11 @@ class Freezer:
         progress: Callable[[int], None] | None = None,
         more_work: Callable[[int], None] | None = None,
     ) -> None:
-        """progress(n): n more files done; more_work(n): n files to download were found."""
+        """progress(n): n more files done; more_work(n): n more files to do (the recorded
+        ones first, then each download completing finds)."""
         self.progress, self.more_work = progress, more_work
+        if more_work:
+            more_work(sum(len(files) for files in recorded.files.values()))
         for files in recorded.files.values():
             for path in files:
                 self.udeb_recorded |= path.startswith("pool/") and path.endswith(".udeb")
@@ -581,7 +584,7 @@ class Freezer:
         }
         wanted = [item for sha256, item in downloads.items() if sha256 not in remembered]
         failures = self._fetch_all(upstream, wanted)
-        if self.fetch:
+        if self.client is not None:
             absent = [
                 (path, sha256)
                 for sha256, failure in failures.items()
@@ -679,7 +682,7 @@ class Freezer:
         `listed`: the verified Release's entry, which the body must match; None for a
         file no index lists (a detached signature, checked by gpgv afterwards).
         """
-        if not self.fetch:
+        if self.client is None:
             self.fetch_failures[(upstream.name, path)] = NOT_FETCHING
             return None
         if listed is not None:
@@ -690,14 +693,10 @@ class Freezer:
                 return listed.sha256, listed.size
             self.fetch_failures[(upstream.name, path)] = failure
             return None
-
-        async def fetch_unlisted() -> tuple[str, int] | DownloadFailure:
-            async with create_session() as session:
-                urls = [upstream_url(base, path) for base in upstream.urls]
-                return await fetch_into_store(session, urls, self.store, max_size=MAX_UNLISTED_SIZE)
-
         self.store.create_directories()
-        outcome = asyncio.run(fetch_unlisted())
+        outcome = self.client.wait_for(
+            self.client.download_unlisted(upstream, path, self.store, MAX_UNLISTED_SIZE)
+        )
         if isinstance(outcome, str):
             self.fetch_failures[(upstream.name, path)] = outcome
             return None
@@ -712,30 +711,25 @@ class Freezer:
         """
         if not wanted:
             return {}
-        if not self.fetch:
+        client = self.client
+        if client is None:
             return {sha256: NOT_FETCHING for _, sha256, _ in wanted}
 
-        async def fetch_all() -> dict[str, DownloadFailure]:
-            limit = asyncio.Semaphore(8)
-            failures: dict[str, DownloadFailure] = {}
-            async with create_session() as session:
-
-                async def fetch(paths: list[str], sha256: str, size: int) -> None:
-                    urls = [upstream_url(base, path) for path in paths for base in upstream.urls]
-                    async with limit:
-                        failure = await download_blob(session, urls, sha256, size, self.store)
-                    if failure is not None:
-                        failures[sha256] = failure
-                    if self.progress:
-                        self.progress(1)
-
-                await asyncio.gather(*(fetch(*item) for item in wanted))
-            return failures
+        async def fetch(paths: list[str], sha256: str, size: int) -> DownloadFailure | None:
+            failure = await client.download_blob(upstream, paths, self.store, sha256, size)
+            if self.progress:
+                self.progress(1)
+            return failure
 
         if self.more_work:
             self.more_work(len(wanted))
         self.store.create_directories()
-        return asyncio.run(fetch_all())
+        outcomes = client.wait_for(client.bounded(fetch(*item) for item in wanted))
+        return {
+            sha256: failure
+            for (_, sha256, _), failure in zip(wanted, outcomes, strict=True)
+            if failure is not None
+        }
 
     def add(self, entry: Entry) -> None:
         self.entries[entry.key] = entry
@@ -911,7 +905,7 @@ def plan_manifest(
     allow_unverified: bool = False,
     strict: bool = False,
     installer: str = "recorded",
-    fetch: bool = True,
+    client: UpstreamClient | None = None,
     progress: Callable[[int], None] | None = None,
     more_work: Callable[[int], None] | None = None,
 ) -> Manifest:
@@ -919,7 +913,7 @@ def plan_manifest(
 
     strict: refuse recordings with failed fetches that a good install does not have.
     installer "complete": also every udeb the frozen debian-installer Packages list.
-    fetch False: complete from the store only, never downloading (diff's view).
+    client None: complete from the store only, never downloading (diff's view).
     """
     if installer not in INSTALLER_CHOICES:
         raise BadRequest(
@@ -931,7 +925,7 @@ def plan_manifest(
     failures = [f for f in failed_fetches(db, recordings) if not f.expected]
     if strict and failures:
         raise FailedFetches(failures)
-    freezer = Freezer(config, db, store, installer, fetch)
+    freezer = Freezer(config, db, store, installer, client)
     recorded = Recorded.load(db, recordings)
     if not recorded.files:
         raise FreezeError(
@@ -1006,20 +1000,30 @@ def freeze(
     db: sqlite_utils.Database,
     store: FileStore,
     recordings: list[str],
-    **options: object,
+    *,
+    client: UpstreamClient | None = None,
+    promote: str | None = None,
+    **options: Any,
 ) -> tuple[Manifest, bool]:
     """Verify the recordings' files and store them as a manifest; (manifest, newly created).
 
     Freezing a set frozen before gives that manifest, relabelled when `label` is given.
+    `client` downloads what completing needs (None: the store only); `promote` names a
+    branch to point at the manifest once it is stored. The CLI and the API both call this.
     """
-    manifest = plan_manifest(config, db, store, recordings, **options)
-    if save_manifest(db, manifest):
-        return manifest, True
-    if manifest.label is not None:
-        queries.set_manifest_label(db, manifest.id, manifest.label)
-    stored = load_manifest(db, manifest.id)
-    stored.warnings = manifest.warnings
-    return stored, False
+    if promote is not None:
+        branches.check_branch_name(promote)  # before the work, not after it
+    planned = plan_manifest(config, db, store, recordings, client=client, **options)
+    created = save_manifest(db, planned)
+    manifest = planned
+    if not created:
+        if planned.label is not None:
+            queries.set_manifest_label(db, planned.id, planned.label)
+        manifest = load_manifest(db, planned.id)
+        manifest.warnings = planned.warnings
+    if promote is not None:
+        branches.promote(db, store, promote, manifest.id, note=f"freeze {' '.join(recordings)}")
+    return manifest, created
 
 
 class UnverifiableFiles(FreezeError):

@@ -7,7 +7,6 @@ working offline. Everything else is a cache, least recently used first.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,10 +14,9 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from . import db as queries
-from .archive import upstream_url
-from .config import Config
+from .config import Config, Upstream
 from .store import FileStore, file_sha256
-from .upstream import create_session, download_blob
+from .upstream import UpstreamClient
 
 PROTECTED_HISTORY = 5
 
@@ -82,9 +80,13 @@ def verify_store(
     config: Config,
     db: sqlite_utils.Database,
     store: FileStore,
+    client: UpstreamClient,
     progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Re-hash every blob; quarantine the corrupt ones and fetch them again where possible."""
+    """Re-hash every blob; quarantine the corrupt ones and fetch them again where possible.
+
+    Runs on a worker thread; `client` downloads on its event loop.
+    """
     report = VerifyReport()
     quarantine = config.data_dir / "quarantine"
     for sha256 in list(store.iterate()):
@@ -96,22 +98,32 @@ def verify_store(
             report.corrupt.append(sha256)
         if progress:
             progress(1)
-    if report.corrupt:
-        asyncio.run(_refetch(config, db, store, report))
+    sources = {sha256: _upstream_paths(config, db, sha256) for sha256 in report.corrupt}
+    if sources:
+        refetches = (_refetch(client, store, *item) for item in sources.items())
+        fetched = client.wait_for(client.bounded(refetches))
+        for sha256, ok in zip(sources, fetched, strict=True):
+            (report.refetched if ok else report.lost).append(sha256)
     return report
 
 
+def _upstream_paths(
+    config: Config, db: sqlite_utils.Database, sha256: str
+) -> list[tuple[Upstream, str]]:
+    """Where the upstreams still configured had this blob."""
+    return [
+        (config.upstreams[upstream], path)
+        for upstream, path in queries.paths_of_blob(db, sha256)
+        if upstream in config.upstreams
+    ]
+
+
 async def _refetch(
-    config: Config, db: sqlite_utils.Database, store: FileStore, report: VerifyReport
-) -> None:
-    async with create_session() as session:
-        for sha256 in report.corrupt:
-            urls = [
-                upstream_url(base, path)
-                for upstream, path in queries.paths_of_blob(db, sha256)
-                if upstream in config.upstreams
-                for base in config.upstreams[upstream].urls
-            ]
-            # The corrupt copy's size says nothing (it may be truncated): the hash decides.
-            failure = await download_blob(session, urls, sha256, None, store) if urls else "no URL"
-            (report.lost if failure else report.refetched).append(sha256)
+    client: UpstreamClient, store: FileStore, sha256: str, sources: list[tuple[Upstream, str]]
+) -> bool:
+    """Fetch a blob again from the first upstream path that has it; False if none did."""
+    for upstream, path in sources:
+        # The corrupt copy's size says nothing (it may be truncated): the hash decides.
+        if await client.download_blob(upstream, path, store, sha256, None) is None:
+            return True
+    return False

@@ -6,7 +6,6 @@ debcache, verifies each, and stores the manifest only when all arrived.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from .config import NAME_PATTERN, Config
 from .errors import BadRequest, DebcacheError
 from .manifest import Entry, Manifest, manifest_id, save_manifest
 from .store import SHA256_PATTERN, FileStore
-from .upstream import create_session, download_blob
+from .upstream import DownloadFailure, UpstreamClient
 
 LOCKFILE_FORMAT = "debcache-manifest/1"
 
@@ -124,25 +123,25 @@ def import_manifest(
     db: sqlite_utils.Database,
     store: FileStore,
     manifest: Manifest,
+    client: UpstreamClient,
     source_url: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Imported:
     """Fetch the blobs the store lacks, verify each, then store the manifest (all or nothing).
 
     Also how evicted blobs of a known manifest come back (promote refuses it until then).
+    Runs on a worker thread; `client` downloads on its event loop.
     """
+    store.create_directories()
     missing = {e.sha256: e for e in manifest.entries if not store.has(e.sha256)}
     if missing:
-        failures = asyncio.run(
-            _fetch_blobs(config, store, manifest.id, list(missing.values()), source_url, progress)
+        failures = client.wait_for(
+            _fetch_blobs(
+                config, store, client, manifest.id, list(missing.values()), source_url, progress
+            )
         )
         if failures:
-            raise import_failure(
-                manifest,
-                len(missing),
-                failures,
-                source_url,
-            )
+            raise import_failure(manifest, len(missing), failures, source_url)
     restored = sum(1 for e in manifest.entries if e.sha256 in missing)
     created = save_manifest(db, manifest)
     return Imported(created, restored, sum(e.size for e in missing.values()))
@@ -151,38 +150,31 @@ def import_manifest(
 async def _fetch_blobs(
     config: Config,
     store: FileStore,
+    client: UpstreamClient,
     manifest_id: str,
     entries: list[Entry],
     source_url: str | None,
     progress: Callable[[int], None] | None,
 ) -> list[tuple[Entry, str]]:
-    limit = asyncio.Semaphore(8)
-    failures: list[tuple[Entry, str]] = []
-    async with create_session() as session:
+    """Each entry from the peer at `source_url`, else from its upstream; (entry, why) of
+    those that failed."""
 
-        async def fetch(entry: Entry) -> None:
-            async with limit:
-                why = await download_blob(
-                    session,
-                    _blob_urls(config, manifest_id, entry, source_url),
-                    entry.sha256,
-                    entry.size,
-                    store,
-                )
-            if why:
-                failures.append((entry, why))
-            if progress:
-                progress(1)
+    async def fetch(entry: Entry) -> DownloadFailure | None:
+        upstream = config.upstreams.get(entry.upstream)
+        if source_url:
+            url = _peer_url(source_url, manifest_id, entry)
+            why = await client.download_from_peer(url, store, entry.sha256, entry.size)
+        elif upstream is None:
+            why = DownloadFailure("no URL to fetch it from")
+        else:
+            why = await client.download_blob(upstream, entry.path, store, entry.sha256, entry.size)
+        if progress:
+            progress(1)
+        return why
 
-        await asyncio.gather(*(fetch(e) for e in entries))
+    outcomes = await client.bounded(fetch(e) for e in entries)
+    failures = [(e, why) for e, why in zip(entries, outcomes, strict=True) if why]
     return sorted(failures, key=lambda f: f[0].key)
-
-
-def _blob_urls(config: Config, manifest_id: str, entry: Entry, source_url: str | None) -> list[str]:
-    if source_url:
-        return [_peer_url(source_url, manifest_id, entry)]
-    upstream = config.upstreams.get(entry.upstream)
-    return [upstream_url(base, entry.path) for base in upstream.urls] if upstream else []
 
 
 def _peer_url(source_url: str, manifest_id: str, entry: Entry) -> str:

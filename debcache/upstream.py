@@ -12,9 +12,10 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiofiles
 import aiohttp
@@ -29,6 +30,9 @@ from .store import FileStore
 log = logging.getLogger(__name__)
 FAILED_URL_PENALTY = 30.0  # seconds a failed base URL goes to the back of the queue
 USER_AGENT = f"debcache/{__version__}"
+PARALLEL_DOWNLOADS = 8  # blobs one operation (freeze, import, verify) fetches at once
+PEER_TIMEOUT = 30.0  # seconds another debcache may stay silent (it has no config entry)
+T = TypeVar("T")
 
 
 def create_session() -> aiohttp.ClientSession:
@@ -57,6 +61,8 @@ class UpstreamClient:
         self.session = session
         self.metrics = metrics
         self._failed_until: dict[str, float] = {}
+        # Where the session lives: code on a worker thread downloads through `wait_for`.
+        self._loop = asyncio.get_running_loop()
 
     async def get(
         self, upstream: Upstream, path: str, validators: Validators | None = None
@@ -102,24 +108,80 @@ class UpstreamClient:
         )
 
     async def download_blob(
-        self, upstream: Upstream, path: str, store: FileStore, sha256: str, size: int | None
+        self,
+        upstream: Upstream,
+        path: str | list[str],
+        store: FileStore,
+        sha256: str,
+        size: int | None,
     ) -> DownloadFailure | None:
         """Fetch `path` into the store, kept only with this sha256 (and size); None, or why not.
 
-        `fetch_into_store`'s checks, with the upstream's timeout, its base URLs in
-        failover order (a failed one goes to the back), and its metrics.
+        `path` may be a list: names of the same content to try in turn (by-hash, then
+        plain). `size` None: only the hash decides.
         """
-        bases = {upstream_url(base, path): base for base in self._in_preferred_order(upstream.urls)}
+        outcome = await self._download(upstream, path, store, sha256=sha256, size=size)
+        return outcome if isinstance(outcome, str) else None
+
+    async def download_unlisted(
+        self, upstream: Upstream, path: str, store: FileStore, max_size: int
+    ) -> tuple[str, int] | DownloadFailure:
+        """(sha256, size) of a file no index lists (a detached signature, checked by gpgv
+        afterwards), if it has at most `max_size` bytes; or why not."""
+        return await self._download(upstream, path, store, max_size=max_size)
+
+    async def download_from_peer(
+        self, url: str, store: FileStore, sha256: str, size: int
+    ) -> DownloadFailure | None:
+        """A blob from another debcache: not an upstream (no failover, no penalty, no
+        metrics), but the same bounded, checked download."""
         outcome = await fetch_into_store(
+            self.session, [url], store, sha256=sha256, size=size, timeout=PEER_TIMEOUT
+        )
+        return outcome if isinstance(outcome, str) else None
+
+    async def _download(
+        self, upstream: Upstream, path: str | list[str], store: FileStore, **checks: Any
+    ) -> tuple[str, int] | DownloadFailure:
+        """`fetch_into_store`'s checks, with the upstream's timeout, its base URLs in
+        failover order (a failed one goes to the back), and its metrics."""
+        paths = [path] if isinstance(path, str) else path
+        preferred = self._in_preferred_order(upstream.urls)
+        bases = {upstream_url(base, name): base for name in paths for base in preferred}
+        return await fetch_into_store(
             self.session,
             list(bases),
             store,
-            sha256=sha256,
-            size=size,
             timeout=upstream.timeout,
             observe=lambda url, result: self._note(upstream, bases[url], result),
+            **checks,
         )
-        return outcome if isinstance(outcome, str) else None
+
+    @staticmethod
+    async def bounded(downloads: Iterable[Awaitable[T]]) -> list[T]:
+        """Await every download, at most PARALLEL_DOWNLOADS at once; results in order."""
+        limit = asyncio.Semaphore(PARALLEL_DOWNLOADS)
+
+        async def one(download: Awaitable[T]) -> T:
+            async with limit:
+                return await download
+
+        return await asyncio.gather(*(one(d) for d in downloads))
+
+    def wait_for(self, download: Coroutine[Any, Any, T]) -> T:
+        """Run a download on the client's event loop from a worker thread, and wait.
+
+        Freeze, import and verify block (SQLite, gpgv, parsing), so they run on a
+        worker thread, off the loop that serves requests; their downloads run here.
+        """
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            download.close()
+            raise RuntimeError("wait_for from the event loop's own thread would deadlock")
+        return asyncio.run_coroutine_threadsafe(download, self._loop).result()
 
     def _note(self, upstream: Upstream, base: str, outcome: str) -> None:
         """Count what a base URL answered; one that failed or sent a 5xx is tried last
@@ -173,24 +235,6 @@ class DownloadFailure(str):
 
     absent: bool = False
     unreachable: bool = False
-
-
-async def download_blob(
-    session: aiohttp.ClientSession,
-    urls: list[str],
-    sha256: str,
-    size: int | None,
-    store: FileStore,
-    timeout: float = 30.0,
-) -> DownloadFailure | None:
-    """Fetch a blob from the first URL that has it whole and right; None, or why it failed.
-
-    `size` None: only the hash decides.
-    """
-    outcome = await fetch_into_store(
-        session, urls, store, sha256=sha256, size=size, timeout=timeout
-    )
-    return outcome if isinstance(outcome, str) else None
 
 
 async def fetch_into_store(

@@ -287,6 +287,36 @@ def test_a_recording_frozen_before_freezes_again_with_the_upstream_unreachable(
     assert (again["id"], again["unverified"], again["warnings"]) == (first["id"], [], [])
 
 
+def upstream_requests(server: DebcacheServer, upstream: str) -> float:
+    """What `/_/metrics` counts of requests to `upstream`, whatever they answered."""
+    metrics = get(server.url, "/_/metrics").body.decode()
+    prefix = "debcache_upstream_requests_total{"
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in metrics.splitlines()
+        if line.startswith(prefix) and f'upstream="{upstream}"' in line
+    )
+
+
+def test_the_apis_freeze_downloads_through_the_servers_upstream_client(
+    lab_debcache: DebcacheServer, real_mirror: FakeMirror, lab_archive: Archive, tmp_path: Path
+) -> None:
+    # Completing fetches every index the warm host did not: each request goes through
+    # the server's UpstreamClient (its timeout, failover order and penalty), so
+    # /_/metrics counts it like a live miss.
+    host = warm_host(lab_debcache, real_mirror, lab_archive, tmp_path)
+    run_through(lab_debcache, real_mirror, host, "warm-run", "hello")
+    counted, sent = upstream_requests(lab_debcache, "debian"), len(real_mirror.requests)
+    body = json.dumps({"recordings": ["warm-run"]}).encode()
+    headers = {"Content-Type": "application/json"}
+    reply = request(lab_debcache.url, "/_/api/freeze", "POST", headers, timeout=60, body=body)
+    assert reply.status == 200, reply.body
+    assert json.loads(reply.body)["completed"] > 0
+    completing = len(real_mirror.requests) - sent
+    assert completing > 0
+    assert upstream_requests(lab_debcache, "debian") - counted == completing
+
+
 def test_with_the_upstream_unreachable_an_index_with_no_variant_cached_fails_the_freeze(
     lab_debcache: DebcacheServer, real_mirror: FakeMirror, lab_archive: Archive, tmp_path: Path
 ) -> None:

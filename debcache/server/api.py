@@ -25,7 +25,7 @@ from ..lockfile import export_lockfile
 from ..manifest import load_manifest, resolve_manifest_id
 from ..recording import check_recordings_exist, recording_contents, recording_summaries
 from ..store import FileStore
-from .keys import CONFIG, MACHINE_NAMES
+from .keys import CONFIG, MACHINE_NAMES, UPSTREAM
 
 
 def routes() -> list[web.RouteDef]:
@@ -204,19 +204,22 @@ async def freeze_recordings(request: web.Request) -> web.Response:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise BadRequest("recordings must be a list of names", 'send {"recordings": ["run-1"]}')
 
+    branch = str(body["promote"]) if body.get("promote") else None
+    client = request.app[UPSTREAM]
+
     def operation(config, db, store) -> dict:
         made, created = freeze(
             config,
             db,
             store,
             names,
+            client=client,
+            promote=branch,
             label=body.get("label"),
             allow_unverified=bool(body.get("allow_unverified")),
             strict=bool(body.get("strict")),
             installer=str(body.get("installer") or "recorded"),
         )
-        if body.get("promote"):
-            promote(db, store, str(body["promote"]), made.id, note=f"freeze {' '.join(names)}")
         return {
             "id": made.id,
             "label": made.label,

@@ -26,7 +26,7 @@ from ..resign import ensure_key
 from ..store import FileStore
 from ..upstream import UpstreamClient, create_session
 from . import admin, api
-from .keys import CACHE, CONFIG, DATABASE, FETCH_LOG, MACHINE_NAMES, METRICS, PINNED
+from .keys import CACHE, CONFIG, DATABASE, FETCH_LOG, MACHINE_NAMES, METRICS, PINNED, UPSTREAM
 from .live import addressed_to_this_server, forwarded_upstream, is_absolute_form, serve_live
 from .machine_names import MachineNames
 from .pinned import pinned_root, serve_manifest, serve_pinned
@@ -83,7 +83,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     await cache.load()
     pinned = PinnedFiles(config, database, store, client)
     app[CACHE], app[FETCH_LOG], app[PINNED] = cache, FetchLog(database, metrics), pinned
-    app[METRICS], app[DATABASE] = metrics, database
+    app[METRICS], app[DATABASE], app[UPSTREAM] = metrics, database, client
     app[MACHINE_NAMES] = MachineNames()
     app[MACHINE_NAMES].look_up()  # DNS: in a thread, before the first API change
     try:

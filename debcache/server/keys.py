@@ -8,6 +8,7 @@ from ..db import Database
 from ..metrics import Metrics
 from ..pinned import PinnedFiles
 from ..recording import FetchLog
+from ..upstream import UpstreamClient
 from .machine_names import MachineNames
 
 CONFIG = web.AppKey("config", Config)
@@ -17,3 +18,4 @@ PINNED = web.AppKey("pinned", PinnedFiles)
 METRICS = web.AppKey("metrics", Metrics)
 DATABASE = web.AppKey("database", Database)
 MACHINE_NAMES = web.AppKey("machine_names", MachineNames)
+UPSTREAM = web.AppKey("upstream", UpstreamClient)
