@@ -36,7 +36,15 @@ from .archive import (
 from .archive import upstream_url as url_of
 from .config import Config, toml_table
 from .db import Database
-from .errors import Forbidden, NotFound, UpstreamUnavailable
+from .errors import (
+    MissingKeyring,
+    NotInManifest,
+    UnknownBranch,
+    UnknownManifest,
+    UnknownUpstream,
+    UnverifiableRelease,
+    UpstreamUnavailable,
+)
 from .http_dates import http_date_timestamp
 from .manifest import SHORT_ID
 from .resign import resign_release
@@ -87,7 +95,7 @@ class PinnedFiles:
         row = queries.branch_row(self._loop_db, branch)
         if row is None:
             names = [r["name"] for r in queries.branch_rows(self._loop_db)]
-            raise NotFound(
+            raise UnknownBranch(
                 f"no branch named {branch!r} (branches: {', '.join(names) or 'none'})",
                 f"promote a manifest to it with `debcache promote {branch} MANIFEST`",
             )
@@ -119,7 +127,7 @@ class PinnedFiles:
             found = await self._fill(current, upstream, path)
         if found is None:
             await self._check_upstream_in(current, upstream, path, f"/pin/{branch}/")
-            raise NotFound(
+            raise NotInManifest(
                 f"{upstream}/{path} is not in manifest {current[:SHORT_ID]} of branch {branch}",
                 "record an install that fetches it (http://NAME@cache:3142/ as its proxy), then "
                 f"`debcache freeze NAME --promote {branch}`",
@@ -151,13 +159,13 @@ class PinnedFiles:
     async def resolve_manifest(self, manifest_id: str, upstream: str, path: str) -> PinnedFile:
         manifest = queries.manifest_row(self._loop_db, manifest_id)
         if manifest is None:
-            raise NotFound(
+            raise UnknownManifest(
                 f"no manifest {manifest_id}", "list them with `debcache manifests` (full ids only)"
             )
         found = await self._lookup(manifest_id, upstream, path)
         if found is None:
             await self._check_upstream_in(manifest_id, upstream, path, f"/manifest/{manifest_id}/")
-            raise NotFound(
+            raise NotInManifest(
                 f"{upstream}/{path} is not in manifest {manifest_id[:SHORT_ID]}",
                 "manifests never change; freeze a new one that includes it",
             )
@@ -166,7 +174,7 @@ class PinnedFiles:
     async def _check_upstream_in(
         self, manifest_id: str, upstream: str, path: str, prefix: str
     ) -> None:
-        """NotFound naming the manifest's upstreams when `upstream` is none of them: then
+        """UnknownUpstream naming the manifest's upstreams when `upstream` is none of them: then
         the URL is mistyped, and recording an install would not help."""
         upstreams = sorted({name for name, _ in await self._files(manifest_id)})
         if upstream in upstreams:
@@ -174,7 +182,7 @@ class PinnedFiles:
         remedy = f"write one of them after {prefix}"
         if len(upstreams) == 1:
             remedy = f"write {prefix}{upstreams[0]}/{path}"
-        raise NotFound(
+        raise UnknownUpstream(
             f"no upstream named {upstream!r} in manifest {manifest_id[:SHORT_ID]}, which "
             f"holds files of {', '.join(upstreams) or 'none'}",
             remedy,
@@ -218,7 +226,7 @@ class PinnedFiles:
                 self._resigning[key].add_done_callback(lambda _: self._resigning.pop(key, None))
             made = await asyncio.shield(self._resigning[key])
         if name not in made:
-            raise NotFound(
+            raise NotInManifest(
                 f"manifest {manifest_id[:SHORT_ID]} has no Release for {upstream} {suite}",
                 "freeze a recording that fetched dists/SUITE/InRelease",
             )
@@ -243,7 +251,7 @@ class PinnedFiles:
             # --allow-unverified or an imported lockfile, and debcache's signature is
             # one that clients trust.
             if keyring is None:
-                raise NotFound(
+                raise MissingKeyring(
                     f"no keyring for upstream {upstream} to check its frozen Release",
                     f"configure keyring in {toml_table('upstreams', upstream)}",
                 )
@@ -256,7 +264,7 @@ class PinnedFiles:
                 else:
                     raise SignatureError("the manifest has Release but no Release.gpg")
             except SignatureError as exc:
-                raise Forbidden(
+                raise UnverifiableRelease(
                     f"the frozen Release of {upstream} {suite} in manifest "
                     f"{manifest_id[:SHORT_ID]} does not verify ({exc}); debcache won't re-sign it",
                     "freeze a recording whose Release verifies with the upstream's keyring",
