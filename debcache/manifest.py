@@ -43,14 +43,26 @@ from .archive import (
     verify_signature,
 )
 from .config import NAME_PATTERN, Config, Upstream
-from .errors import BadRequest, DebcacheError, NotFound
-from .recording import FailedFetch, failed_fetches
+from .errors import (
+    INSTALLER_COMPLETE_NEEDS,
+    AmbiguousManifestId,
+    FailedFetches,
+    FreezeRefused,
+    ImportFailed,
+    InvalidArchivePath,
+    InvalidLockfile,
+    InvalidOption,
+    UnknownManifest,
+    UnknownRecording,
+    UnverifiableFiles,
+    recordings_named,
+)
+from .recording import failed_fetches
 from .store import SHA256_PATTERN, FileStore
 from .upstream import DownloadFailure, create_session, download_blob, fetch_into_store
 
 LOCKFILE_FORMAT = "debcache-manifest/1"
 SHORT_ID = 12
-INSTALLER_COMPLETE_NEEDS = "--installer complete needs it"  # a udeb's problem starts so
 MAX_UNLISTED_SIZE = 1 << 20  # a Release.gpg is a few kB; nothing larger is fetched unlisted
 INSTALLER_CHOICES = ("recorded", "complete")
 # What a Freezer that must not download (diff's) makes of a file the store lacks: as
@@ -59,10 +71,6 @@ NOT_FETCHING = DownloadFailure("not in the cache (diff does not fetch)")
 NOT_FETCHING.unreachable = True
 ABSENT_BEFORE = DownloadFailure("the upstream answered 404 for it at an earlier freeze")
 ABSENT_BEFORE.absent = True
-
-
-class FreezeError(DebcacheError):
-    status = 409
 
 
 @dataclass(frozen=True)
@@ -380,7 +388,7 @@ class Freezer:
                 described = " and ".join(
                     f"{self._release_date(sha)} (sha256 {sha[:SHORT_ID]})" for sha, _ in states
                 )
-                raise FreezeError(
+                raise FreezeRefused(
                     f"the recordings saw two states of {upstream.name} {suite}: {described}; "
                     "a point release happened while they ran",
                     "record the install again and freeze the new recording alone",
@@ -461,7 +469,7 @@ class Freezer:
             return why
         states = {(info.date, tuple(sorted(info.entries.items()))) for info in verified.values()}
         if len(states) > 1:
-            raise FreezeError(
+            raise FreezeRefused(
                 f"the recordings saw two states of {upstream.name} {suite}: InRelease dated "
                 f"{verified['InRelease'].date} and Release dated {verified['Release'].date}; "
                 "a point release happened while they ran",
@@ -982,7 +990,7 @@ def plan_manifest(
     fetch False: complete from the store only, never downloading (diff's view).
     """
     if installer not in INSTALLER_CHOICES:
-        raise BadRequest(
+        raise InvalidOption(
             f"installer must be recorded or complete, not {installer!r}",
             "use recorded (the default) or complete (every udeb of the installer's index)",
         )
@@ -994,13 +1002,13 @@ def plan_manifest(
     freezer = Freezer(config, db, store, installer, fetch)
     recorded = Recorded.load(db, recordings)
     if not recorded.files:
-        raise FreezeError(
+        raise FreezeRefused(
             f"{recordings_named(recordings)} received no file whole, so there is nothing to freeze",
             "record the install again; `debcache recordings show NAME` lists its failed fetches",
         )
     freezer.plan(recorded, progress, more_work)
     if installer == "complete" and not freezer.installer_used:
-        raise FreezeError(
+        raise FreezeRefused(
             f"{recordings_named(recordings)} used no debian-installer (no udeb, installer "
             "image or debian-installer index), so --installer complete has nothing to complete",
             "freeze it together with a recorded d-i install, or without --installer complete",
@@ -1082,73 +1090,11 @@ def freeze(
     return stored, False
 
 
-class UnverifiableFiles(FreezeError):
-    """Freeze found files it cannot verify; lists each with its reason."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        udebs = sum(
-            p.completing and p.reason.startswith(INSTALLER_COMPLETE_NEEDS) for p in problems
-        )
-        completing = sum(p.completing for p in problems) - udebs
-        recorded = len(problems) - completing - udebs
-        what, remedies = [], []
-        if recorded:
-            what.append(f"{recorded} recorded file(s) could not be verified")
-            remedies.append("fix the mirror or the keyring and record again")
-        if udebs:  # no recording fetched them: the upstream lacks or withheld them
-            what.append(
-                f"{udebs} udeb(s) --installer complete adds could not be completed: neither "
-                "cached nor fetched from the upstream"
-            )
-            remedies.append(
-                'freeze without --installer complete (a branch with fill = "verified" '
-                "fetches a missing udeb when first asked for)"
-            )
-        if completing:
-            what.append(
-                f"{completing} file(s) a fresh install needs could not be completed: neither "
-                "cached nor fetched from the upstream"
-            )
-            remedies.append("make the upstream reachable (or fix its urls) and freeze again")
-        allowed = {
-            (True, False): "to include them marked unverified",
-            (False, True): "to freeze without them (named as warnings)",
-            (True, True): "to include the recorded ones marked unverified and freeze "
-            "without the others",
-        }[bool(recorded), bool(completing or udebs)]
-        super().__init__(
-            "; ".join(what), f"{', or '.join(remedies)}, or pass --allow-unverified {allowed}"
-        )
-
-    def __str__(self) -> str:
-        # The sentence first, whole; then the files, one per line.
-        return "\n".join([super().__str__(), *(f"  {p}" for p in self.problems)])
-
-
-class FailedFetches(FreezeError):
-    """freeze --strict: the recordings got errors a good install does not get."""
-
-    def __init__(self, failures: list[FailedFetch]) -> None:
-        self.failures = failures
-        recordings = recordings_named(sorted({f.recording for f in failures}))
-        super().__init__(
-            f"{recordings} had {len(failures)} failed fetch(es), so it is not a known-good "
-            f"install: {', '.join(str(f) for f in failures)}",
-            "fix the mirror and record the install again, or freeze without --strict",
-        )
-
-
-def recordings_named(names: list[str]) -> str:
-    """`recording a` or `recordings a, b`: a message never starts with a bare name."""
-    return f"recording{'s' if len(names) > 1 else ''} {', '.join(names)}"
-
-
 def check_recordings_exist(db: sqlite_utils.Database, recordings: list[str]) -> None:
     for name in recordings:
         if not queries.recording_exists(db, name):
             known = queries.recording_names(db)
-            raise NotFound(
+            raise UnknownRecording(
                 f"no recording named {name!r}{near_matches(name, known)}",
                 "list them with `debcache recordings`",
             )
@@ -1182,15 +1128,17 @@ def save_manifest(db: sqlite_utils.Database, manifest: Manifest) -> bool:
 def resolve_manifest_id(db: sqlite_utils.Database, text: str) -> str:
     """The full id for a unique prefix (at least 4 hex digits)."""
     if not re.fullmatch(r"[0-9a-fA-F]{4,64}", text):
-        raise NotFound(
+        raise UnknownManifest(
             f"{text!r} is not a manifest id",
             "give at least 4 hex digits; `debcache manifests` lists them",
         )
     ids = queries.manifest_ids_with_prefix(db, text)
     if not ids:
-        raise NotFound(f"no manifest id starts with {text}", "list them with `debcache manifests`")
+        raise UnknownManifest(
+            f"no manifest id starts with {text}", "list them with `debcache manifests`"
+        )
     if len(ids) > 1:
-        raise NotFound(
+        raise AmbiguousManifestId(
             f"manifest id prefix {text} is ambiguous: {', '.join(i[:SHORT_ID] for i in ids)}",
             "give more digits",
         )
@@ -1200,7 +1148,7 @@ def resolve_manifest_id(db: sqlite_utils.Database, text: str) -> str:
 def load_manifest(db: sqlite_utils.Database, manifest_id: str) -> Manifest:
     row = queries.manifest_row(db, manifest_id)
     if row is None:
-        raise NotFound(f"no manifest {manifest_id}", "list them with `debcache manifests`")
+        raise UnknownManifest(f"no manifest {manifest_id}", "list them with `debcache manifests`")
     entries = [Entry(**e) for e in queries.manifest_entries(db, manifest_id)]
     return Manifest(
         row["id"],
@@ -1236,8 +1184,10 @@ def export_lockfile(manifest: Manifest) -> dict:
 def parse_lockfile(document: object, source: str) -> Manifest:
     """Validate a lockfile; every entry must be a safe archive path with a sha256."""
 
-    def bad(reason: str) -> BadRequest:
-        return BadRequest(f"{source}: {reason}", "export it again with `debcache manifests export`")
+    def bad(reason: str) -> InvalidLockfile:
+        return InvalidLockfile(
+            f"{source}: {reason}", "export it again with `debcache manifests export`"
+        )
 
     if not isinstance(document, dict) or document.get("format") != LOCKFILE_FORMAT:
         raise bad(f"not a debcache lockfile (format {LOCKFILE_FORMAT} expected)")
@@ -1277,7 +1227,7 @@ def parse_lockfile(document: object, source: str) -> Manifest:
     )
 
 
-def _lockfile_entry(raw: object, number: int, bad: Callable[[str], BadRequest]) -> Entry:
+def _lockfile_entry(raw: object, number: int, bad: Callable[[str], InvalidLockfile]) -> Entry:
     if not isinstance(raw, dict):
         raise bad(f"entry {number} is not an object")
     upstream, path, sha256, size = (raw.get(k) for k in ("upstream", "path", "sha256", "size"))
@@ -1287,8 +1237,8 @@ def _lockfile_entry(raw: object, number: int, bad: Callable[[str], BadRequest]) 
         raise bad(f"entry {number} has no path")
     try:
         if parse_archive_path(path) != path:
-            raise BadRequest("encoded")
-    except BadRequest:
+            raise InvalidArchivePath("encoded")
+    except InvalidArchivePath:
         raise bad(f"entry {number} has an unsafe path {path!r}") from None
     if not isinstance(sha256, str) or not SHA256_PATTERN.match(sha256):
         raise bad(f"entry {number} has no valid sha256")
@@ -1298,10 +1248,6 @@ def _lockfile_entry(raw: object, number: int, bad: Callable[[str], BadRequest]) 
     return Entry(
         upstream, path, sha256, size, **{k: v for k, v in info.items() if isinstance(v, str)}
     )
-
-
-class ImportFailed(DebcacheError):
-    status = 502
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import sqlite_utils
 
 from . import db as queries
 from .db import FETCH_COLUMNS, Database
-from .errors import BadRequest
+from .errors import InvalidCredentials, InvalidName
 from .metrics import Metrics
 
 RECORDING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -26,7 +26,7 @@ RECORDING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 def check_recording_name(name: str) -> str:
     if not RECORDING_NAME.match(name):
-        raise BadRequest(
+        raise InvalidName(
             f"{name!r} is not a valid recording name",
             "use up to 128 letters, digits, '.', '_', '+' and '-', starting with a letter or digit",
         )
@@ -47,7 +47,7 @@ def recording_from_credentials(header: str | None) -> str | None:
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise BadRequest(
+        raise InvalidCredentials(
             "the proxy credentials are not valid Basic credentials",
             "name the recording as http://NAME@cache:3142/ in the proxy URL",
         ) from None
