@@ -3,8 +3,8 @@ nor leads it outside the archive.
 
 Properties (hypothesis) of the parsers that read what others wrote: Release and
 Packages indices, installer SHA256SUMS, by-hash names, request paths and lockfiles.
-Each either returns what the text says or raises its documented error (lockfiles:
-`InvalidLockfile`); never a traceback of another kind. Examples that once failed are
+Each either returns what the text says or raises its documented error (request paths:
+`InvalidArchivePath`, lockfiles: `InvalidLockfile`); never a traceback of another kind. Examples that once failed are
 pinned as explicit tests below the properties.
 """
 
@@ -214,7 +214,7 @@ def test_a_by_hash_digest_is_64_lower_hex_or_none(head: str, tail: str) -> None:
 def test_a_parsed_request_path_stays_below_the_archive_root(parts: list[str]) -> None:
     try:
         path = parse_archive_path("/".join(parts))
-    except InvalidLockfile:
+    except InvalidArchivePath:
         return
     root = PurePosixPath("/srv/archive")
     assert not escapes(path)
