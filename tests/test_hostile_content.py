@@ -4,8 +4,8 @@ nor leads it outside the archive.
 Properties (hypothesis) of the parsers that read what others wrote: Release and
 Packages indices, installer SHA256SUMS, by-hash names, request paths and lockfiles.
 Each either returns what the text says or raises its documented error (request paths:
-`InvalidArchivePath`, lockfiles: `InvalidLockfile`); never a traceback of another kind. Examples that once failed are
-pinned as explicit tests below the properties.
+`InvalidArchivePath`, lockfiles: `InvalidLockfile`); never a traceback of another
+kind. Examples that once failed are pinned as explicit tests below the properties.
 """
 
 from __future__ import annotations
