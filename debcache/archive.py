@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote
 
 from debian import deb822
 
-from .errors import BadRequest, UnreadableIndex
+from .errors import InvalidArchivePath, UnreadableIndex
 
 # Characters found in Debian archive paths: package names [a-z0-9+.-], versions
 # [A-Za-z0-9.+~-] (pool file names drop the epoch), suites, by-hash digests and
@@ -60,14 +60,14 @@ def parse_archive_path(raw: str) -> str:
     `raw` is the request's path below the upstream name, still encoded as sent.
     """
     if len(raw) > MAX_PATH_LENGTH:
-        raise BadRequest("the requested path is too long", "request an archive file path")
+        raise InvalidArchivePath("the requested path is too long", "request an archive file path")
     try:
         path = unquote(raw, errors="strict")
     except UnicodeDecodeError:
         path = "\0"  # refused below like any other bad character
     for segment in path.split("/"):
         if segment in ("", ".", "..") or not SEGMENT_PATTERN.match(segment):
-            raise BadRequest(
+            raise InvalidArchivePath(
                 f"{raw!r} is not an archive path (empty, '.', '..' or unusual characters)",
                 "request a file such as dists/SUITE/InRelease or pool/...",
             )

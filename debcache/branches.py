@@ -16,13 +16,9 @@ import sqlite_utils
 
 from . import db as queries
 from .config import NAME_PATTERN
-from .errors import BadRequest, DebcacheError, NotFound
+from .errors import BlobsMissing, InvalidName, NoEarlierManifest, UnknownBranch
 from .manifest import SHORT_ID, Manifest, load_manifest, near_matches, resolve_manifest_id
 from .store import FileStore, file_sha256
-
-
-class BlobsMissing(DebcacheError):
-    status = 409
 
 
 @dataclass(frozen=True)
@@ -34,7 +30,7 @@ class Change:
 
 def check_branch_name(name: str) -> str:
     if not NAME_PATTERN.match(name) or ".." in name:
-        raise BadRequest(
+        raise InvalidName(
             f"{name!r} is not a valid branch name",
             "use up to 64 letters, digits, '.', '_', '+' and '-' (no '/', '..' or spaces)",
         )
@@ -74,7 +70,7 @@ def rollback(
             if row["manifest_id"] != current
         ]
         if not earlier:
-            raise NotFound(
+            raise NoEarlierManifest(
                 f"branch {branch} has no earlier manifest to roll back to",
                 f"promote another one with `debcache promote {branch} ID`",
             )
@@ -92,7 +88,7 @@ def current_manifest_id(db: sqlite_utils.Database, branch: str) -> str:
     row = queries.branch_row(db, check_branch_name(branch))
     if row is None:
         names = [r["name"] for r in queries.branch_rows(db)]
-        raise NotFound(
+        raise UnknownBranch(
             f"no branch named {branch!r}{near_matches(branch, names)}"
             f" (branches: {', '.join(names) or 'none'})",
             f"create it with `debcache promote {branch} MANIFEST`",

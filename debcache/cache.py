@@ -24,7 +24,6 @@ from .archive import by_hash_sha256, classify_path, is_packages_index, packages_
 from .config import Upstream
 from .db import Database
 from .errors import UnreadableIndex, UpstreamUnavailable
-from .http_dates import http_date_timestamp
 from .inflight import CompletedBody, Download, DownloadPlan, Downloads, ExpectedContent
 from .store import FileStore
 from .upstream import UpstreamClient, Validators, read_limited
@@ -182,7 +181,7 @@ class LiveCache:
         return None
 
     def _commit(self, upstream: str, path: str, temp: Path, body: CompletedBody) -> Path:
-        blob = self.store.commit(temp, body.sha256, http_date_timestamp(body.last_modified))
+        blob = self.store.commit(temp, body.sha256)
         file = CachedFile(
             upstream, path, body.sha256, body.size, body.last_modified, body.etag, time.time()
         )

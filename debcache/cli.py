@@ -34,7 +34,7 @@ from .config import (
     url_problem,
 )
 from .diff import diff, load_side
-from .errors import BadRequest, ConfigError, DebcacheError
+from .errors import ConfigError, DebcacheError, InvalidLockfile
 from .freeze import freeze
 from .lifecycle import collect_garbage, verify_store
 from .lockfile import export_lockfile, import_manifest, parse_lockfile
@@ -47,9 +47,15 @@ from .upstream import UpstreamClient, create_session
 
 T = TypeVar("T")
 
+# The exit status of every DebcacheError, whatever its class: scripts tell success from
+# failure, and the message says which failure (2 is click's usage error, 141 a reader gone).
+ERROR_EXIT_STATUS = 1
+
 
 class UserError(click.ClickException):
-    """A DebcacheError as click prints it: `Error: <cause>. <remedy>.`, exit status 1."""
+    """A DebcacheError as click prints it: `Error: <cause>. <remedy>.`, ERROR_EXIT_STATUS."""
+
+    exit_code = ERROR_EXIT_STATUS
 
 
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -761,7 +767,7 @@ def import_manifest_command(config: Config, lockfile: Path, source_url: str | No
     try:
         document = json.loads(lockfile.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(
+        raise InvalidLockfile(
             f"{lockfile}: not JSON ({exc})", "pass a file from `manifests export`"
         ) from None
     if source_url:

@@ -25,7 +25,7 @@ import sqlite_utils
 from . import db as queries
 from .archive import parse_release, suite_of
 from .config import Config
-from .errors import NotFound
+from .errors import UnknownDiffSide
 from .freeze import plan_manifest
 from .manifest import (
     SHORT_ID,
@@ -401,7 +401,7 @@ def load_side(config: Config, db: sqlite_utils.Database, store: FileStore, name:
         candidates = queries.recording_names(db)
         candidates |= {row["id"][:SHORT_ID] for row in queries.manifest_rows(db)}
         candidates |= {row["name"] for row in queries.branch_rows(db)}
-        raise NotFound(
+        raise UnknownDiffSide(
             f"{name!r} is no manifest, branch or recording{near_matches(name, candidates)}",
             "list them with `debcache manifests`, `debcache branches` or `debcache recordings`",
         )

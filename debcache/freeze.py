@@ -38,13 +38,19 @@ from .archive import (
     verify_signature,
 )
 from .config import Config, Upstream
-from .errors import BadRequest, DebcacheError
+from .errors import (
+    INSTALLER_COMPLETE_NEEDS,
+    FailedFetches,
+    FreezeRefused,
+    InvalidOption,
+    UnverifiableFiles,
+    recordings_named,
+)
 from .manifest import SHORT_ID, Entry, Manifest, load_manifest, manifest_id, save_manifest
-from .recording import FailedFetch, check_recordings_exist, failed_fetches, recordings_named
+from .recording import check_recordings_exist, failed_fetches
 from .store import FileStore
 from .upstream import DownloadFailure, UpstreamClient
 
-INSTALLER_COMPLETE_NEEDS = "--installer complete needs it"  # a udeb's problem starts so
 MAX_UNLISTED_SIZE = 1 << 20  # a Release.gpg is a few kB; nothing larger is fetched unlisted
 INSTALLER_CHOICES = ("recorded", "complete")
 # What a Freezer that must not download (diff's) makes of a file the store lacks: as
@@ -53,10 +59,6 @@ NOT_FETCHING = DownloadFailure("not in the cache (diff does not fetch)")
 NOT_FETCHING.unreachable = True
 ABSENT_BEFORE = DownloadFailure("the upstream answered 404 for it at an earlier freeze")
 ABSENT_BEFORE.absent = True
-
-
-class FreezeError(DebcacheError):
-    status = 409
 
 
 @dataclass(frozen=True)
@@ -319,7 +321,7 @@ class Freezer:
                 described = " and ".join(
                     f"{self._release_date(sha)} (sha256 {sha[:SHORT_ID]})" for sha, _ in states
                 )
-                raise FreezeError(
+                raise FreezeRefused(
                     f"the recordings saw two states of {upstream.name} {suite}: {described}; "
                     "a point release happened while they ran",
                     "record the install again and freeze the new recording alone",
@@ -400,7 +402,7 @@ class Freezer:
             return why
         states = {(info.date, tuple(sorted(info.entries.items()))) for info in verified.values()}
         if len(states) > 1:
-            raise FreezeError(
+            raise FreezeRefused(
                 f"the recordings saw two states of {upstream.name} {suite}: InRelease dated "
                 f"{verified['InRelease'].date} and Release dated {verified['Release'].date}; "
                 "a point release happened while they ran",
@@ -916,7 +918,7 @@ def plan_manifest(
     client None: complete from the store only, never downloading (diff's view).
     """
     if installer not in INSTALLER_CHOICES:
-        raise BadRequest(
+        raise InvalidOption(
             f"installer must be recorded or complete, not {installer!r}",
             "use recorded (the default) or complete (every udeb of the installer's index)",
         )
@@ -928,13 +930,13 @@ def plan_manifest(
     freezer = Freezer(config, db, store, installer, client)
     recorded = Recorded.load(db, recordings)
     if not recorded.files:
-        raise FreezeError(
+        raise FreezeRefused(
             f"{recordings_named(recordings)} received no file whole, so there is nothing to freeze",
             "record the install again; `debcache recordings show NAME` lists its failed fetches",
         )
     freezer.plan(recorded, progress, more_work)
     if installer == "complete" and not freezer.installer_used:
-        raise FreezeError(
+        raise FreezeRefused(
             f"{recordings_named(recordings)} used no debian-installer (no udeb, installer "
             "image or debian-installer index), so --installer complete has nothing to complete",
             "freeze it together with a recorded d-i install, or without --installer complete",
@@ -1024,60 +1026,3 @@ def freeze(
     if promote is not None:
         branches.promote(db, store, promote, manifest.id, note=f"freeze {' '.join(recordings)}")
     return manifest, created
-
-
-class UnverifiableFiles(FreezeError):
-    """Freeze found files it cannot verify; lists each with its reason."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        udebs = sum(
-            p.completing and p.reason.startswith(INSTALLER_COMPLETE_NEEDS) for p in problems
-        )
-        completing = sum(p.completing for p in problems) - udebs
-        recorded = len(problems) - completing - udebs
-        what, remedies = [], []
-        if recorded:
-            what.append(f"{recorded} recorded file(s) could not be verified")
-            remedies.append("fix the mirror or the keyring and record again")
-        if udebs:  # no recording fetched them: the upstream lacks or withheld them
-            what.append(
-                f"{udebs} udeb(s) --installer complete adds could not be completed: neither "
-                "cached nor fetched from the upstream"
-            )
-            remedies.append(
-                'freeze without --installer complete (a branch with fill = "verified" '
-                "fetches a missing udeb when first asked for)"
-            )
-        if completing:
-            what.append(
-                f"{completing} file(s) a fresh install needs could not be completed: neither "
-                "cached nor fetched from the upstream"
-            )
-            remedies.append("make the upstream reachable (or fix its urls) and freeze again")
-        allowed = {
-            (True, False): "to include them marked unverified",
-            (False, True): "to freeze without them (named as warnings)",
-            (True, True): "to include the recorded ones marked unverified and freeze "
-            "without the others",
-        }[bool(recorded), bool(completing or udebs)]
-        super().__init__(
-            "; ".join(what), f"{', or '.join(remedies)}, or pass --allow-unverified {allowed}"
-        )
-
-    def __str__(self) -> str:
-        # The sentence first, whole; then the files, one per line.
-        return "\n".join([super().__str__(), *(f"  {p}" for p in self.problems)])
-
-
-class FailedFetches(FreezeError):
-    """freeze --strict: the recordings got errors a good install does not get."""
-
-    def __init__(self, failures: list[FailedFetch]) -> None:
-        self.failures = failures
-        recordings = recordings_named(sorted({f.recording for f in failures}))
-        super().__init__(
-            f"{recordings} had {len(failures)} failed fetch(es), so it is not a known-good "
-            f"install: {', '.join(str(f) for f in failures)}",
-            "fix the mirror and record the install again, or freeze without --strict",
-        )

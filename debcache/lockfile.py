@@ -15,7 +15,7 @@ import sqlite_utils
 
 from .archive import parse_archive_path, upstream_url
 from .config import NAME_PATTERN, Config
-from .errors import BadRequest, DebcacheError
+from .errors import ImportFailed, InvalidArchivePath, InvalidLockfile
 from .manifest import Entry, Manifest, manifest_id, save_manifest
 from .store import SHA256_PATTERN, FileStore
 from .upstream import DownloadFailure, UpstreamClient
@@ -41,8 +41,10 @@ def export_lockfile(manifest: Manifest) -> dict:
 def parse_lockfile(document: object, source: str) -> Manifest:
     """Validate a lockfile; every entry must be a safe archive path with a sha256."""
 
-    def bad(reason: str) -> BadRequest:
-        return BadRequest(f"{source}: {reason}", "export it again with `debcache manifests export`")
+    def bad(reason: str) -> InvalidLockfile:
+        return InvalidLockfile(
+            f"{source}: {reason}", "export it again with `debcache manifests export`"
+        )
 
     if not isinstance(document, dict) or document.get("format") != LOCKFILE_FORMAT:
         raise bad(f"not a debcache lockfile (format {LOCKFILE_FORMAT} expected)")
@@ -82,7 +84,7 @@ def parse_lockfile(document: object, source: str) -> Manifest:
     )
 
 
-def _lockfile_entry(raw: object, number: int, bad: Callable[[str], BadRequest]) -> Entry:
+def _lockfile_entry(raw: object, number: int, bad: Callable[[str], InvalidLockfile]) -> Entry:
     if not isinstance(raw, dict):
         raise bad(f"entry {number} is not an object")
     upstream, path, sha256, size = (raw.get(k) for k in ("upstream", "path", "sha256", "size"))
@@ -92,8 +94,8 @@ def _lockfile_entry(raw: object, number: int, bad: Callable[[str], BadRequest]) 
         raise bad(f"entry {number} has no path")
     try:
         if parse_archive_path(path) != path:
-            raise BadRequest("encoded")
-    except BadRequest:
+            raise InvalidArchivePath("encoded")
+    except InvalidArchivePath:
         raise bad(f"entry {number} has an unsafe path {path!r}") from None
     if not isinstance(sha256, str) or not SHA256_PATTERN.match(sha256):
         raise bad(f"entry {number} has no valid sha256")
@@ -103,10 +105,6 @@ def _lockfile_entry(raw: object, number: int, bad: Callable[[str], BadRequest]) 
     return Entry(
         upstream, path, sha256, size, **{k: v for k, v in info.items() if isinstance(v, str)}
     )
-
-
-class ImportFailed(DebcacheError):
-    status = 502
 
 
 @dataclass(frozen=True)

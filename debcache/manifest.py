@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import sqlite_utils
 
 from . import db as queries
-from .errors import NotFound
+from .errors import AmbiguousManifestId, UnknownManifest
 
 SHORT_ID = 12
 
@@ -102,15 +102,17 @@ def save_manifest(db: sqlite_utils.Database, manifest: Manifest) -> bool:
 def resolve_manifest_id(db: sqlite_utils.Database, text: str) -> str:
     """The full id for a unique prefix (at least 4 hex digits)."""
     if not re.fullmatch(r"[0-9a-fA-F]{4,64}", text):
-        raise NotFound(
+        raise UnknownManifest(
             f"{text!r} is not a manifest id",
             "give at least 4 hex digits; `debcache manifests` lists them",
         )
     ids = queries.manifest_ids_with_prefix(db, text)
     if not ids:
-        raise NotFound(f"no manifest id starts with {text}", "list them with `debcache manifests`")
+        raise UnknownManifest(
+            f"no manifest id starts with {text}", "list them with `debcache manifests`"
+        )
     if len(ids) > 1:
-        raise NotFound(
+        raise AmbiguousManifestId(
             f"manifest id prefix {text} is ambiguous: {', '.join(i[:SHORT_ID] for i in ids)}",
             "give more digits",
         )
@@ -120,7 +122,7 @@ def resolve_manifest_id(db: sqlite_utils.Database, text: str) -> str:
 def load_manifest(db: sqlite_utils.Database, manifest_id: str) -> Manifest:
     row = queries.manifest_row(db, manifest_id)
     if row is None:
-        raise NotFound(f"no manifest {manifest_id}", "list them with `debcache manifests`")
+        raise UnknownManifest(f"no manifest {manifest_id}", "list them with `debcache manifests`")
     entries = [Entry(**e) for e in queries.manifest_entries(db, manifest_id)]
     return Manifest(
         row["id"],

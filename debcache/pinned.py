@@ -22,7 +22,7 @@ from . import db as queries
 from .archive import RELEASE_NAMES, by_hash_sha256, suite_of
 from .config import Config, toml_table
 from .db import Database
-from .errors import NotFound
+from .errors import NotInManifest, UnknownBranch, UnknownManifest, UnknownUpstream
 from .fill import Listing, VerifiedFill
 from .http_dates import http_date_timestamp
 from .inflight import SharedTasks
@@ -72,7 +72,7 @@ class PinnedFiles:
         row = queries.branch_row(self._loop_db, branch)
         if row is None:
             names = [r["name"] for r in queries.branch_rows(self._loop_db)]
-            raise NotFound(
+            raise UnknownBranch(
                 f"no branch named {branch!r} (branches: {', '.join(names) or 'none'})",
                 f"promote a manifest to it with `debcache promote {branch} MANIFEST`",
             )
@@ -108,7 +108,7 @@ class PinnedFiles:
         if found is None:
             await self._check_upstream_in(current, upstream, path, f"/pin/{branch}/")
             self._check_left_out(current, branch, upstream, path)
-            raise NotFound(
+            raise NotInManifest(
                 f"{upstream}/{path} is not in manifest {current[:SHORT_ID]} of branch {branch}",
                 "record an install that fetches it (http://NAME@cache:3142/ as its proxy), then "
                 f"`debcache freeze NAME --promote {branch}`",
@@ -121,7 +121,7 @@ class PinnedFiles:
         return dataclasses.replace(found, last_modified=row["changed"], warning=warning)
 
     def _check_left_out(self, manifest_id: str, branch: str, upstream: str, path: str) -> None:
-        """NotFound with freeze's reason when a recording fetched the file but freeze left
+        """NotInManifest with freeze's reason when a recording fetched the file but freeze left
         it out (a probe it could not verify): recording it again would not help."""
         row = queries.manifest_row(self._loop_db, manifest_id)
         named = f"{upstream}/{path}: "
@@ -129,7 +129,7 @@ class PinnedFiles:
         probes = [w for w in warnings if w.startswith(named) and "a suite probe" in w]
         reason = probes[0][len(named) :] if probes else None
         if reason is not None:
-            raise NotFound(
+            raise NotInManifest(
                 f"{upstream}/{path} is not in manifest {manifest_id[:SHORT_ID]} of branch "
                 f"{branch}: a recording fetched it, but freeze could not verify it ({reason})",
                 "fix the upstream's signature or keyring and freeze again, or freeze with "
@@ -159,13 +159,13 @@ class PinnedFiles:
     async def resolve_manifest(self, manifest_id: str, upstream: str, path: str) -> PinnedFile:
         manifest = queries.manifest_row(self._loop_db, manifest_id)
         if manifest is None:
-            raise NotFound(
+            raise UnknownManifest(
                 f"no manifest {manifest_id}", "list them with `debcache manifests` (full ids only)"
             )
         found = await self._lookup(manifest_id, upstream, path)
         if found is None:
             await self._check_upstream_in(manifest_id, upstream, path, f"/manifest/{manifest_id}/")
-            raise NotFound(
+            raise NotInManifest(
                 f"{upstream}/{path} is not in manifest {manifest_id[:SHORT_ID]}",
                 "manifests never change; freeze a new one that includes it",
             )
@@ -174,7 +174,7 @@ class PinnedFiles:
     async def _check_upstream_in(
         self, manifest_id: str, upstream: str, path: str, prefix: str
     ) -> None:
-        """NotFound naming the manifest's upstreams when `upstream` is none of them: then
+        """UnknownUpstream naming the manifest's upstreams when `upstream` is none of them: then
         the URL is mistyped, and recording an install would not help."""
         upstreams = sorted({name for name, _ in await self._files(manifest_id)})
         if upstream in upstreams:
@@ -182,7 +182,7 @@ class PinnedFiles:
         remedy = f"write one of them after {prefix}"
         if len(upstreams) == 1:
             remedy = f"write {prefix}{upstreams[0]}/{path}"
-        raise NotFound(
+        raise UnknownUpstream(
             f"no upstream named {upstream!r} in manifest {manifest_id[:SHORT_ID]}, which "
             f"holds files of {', '.join(upstreams) or 'none'}",
             remedy,

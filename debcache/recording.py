@@ -18,7 +18,7 @@ import sqlite_utils
 
 from . import db as queries
 from .db import FETCH_COLUMNS, Database
-from .errors import BadRequest, NotFound
+from .errors import InvalidCredentials, InvalidName, UnknownRecording
 from .manifest import near_matches
 from .metrics import Metrics
 
@@ -27,7 +27,7 @@ RECORDING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 def check_recording_name(name: str) -> str:
     if not RECORDING_NAME.match(name):
-        raise BadRequest(
+        raise InvalidName(
             f"{name!r} is not a valid recording name",
             "use up to 128 letters, digits, '.', '_', '+' and '-', starting with a letter or digit",
         )
@@ -48,7 +48,7 @@ def recording_from_credentials(header: str | None) -> str | None:
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise BadRequest(
+        raise InvalidCredentials(
             "the proxy credentials are not valid Basic credentials",
             "name the recording as http://NAME@cache:3142/ in the proxy URL",
         ) from None
@@ -188,16 +188,11 @@ def recording_contents(db: sqlite_utils.Database, name: str) -> dict:
     }
 
 
-def recordings_named(names: list[str]) -> str:
-    """`recording a` or `recordings a, b`: a message never starts with a bare name."""
-    return f"recording{'s' if len(names) > 1 else ''} {', '.join(names)}"
-
-
 def check_recordings_exist(db: sqlite_utils.Database, recordings: list[str]) -> None:
     for name in recordings:
         if not queries.recording_exists(db, name):
             known = queries.recording_names(db)
-            raise NotFound(
+            raise UnknownRecording(
                 f"no recording named {name!r}{near_matches(name, known)}",
                 "list them with `debcache recordings`",
             )

@@ -24,15 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, DebcacheError
+from .errors import ConfigError, SigningError
 
 KEY_UID = "debcache archive signing key <debcache@{host}>"
 GPG_TIMEOUT = 120
 VALID_UNTIL_LINE = re.compile(rb"^Valid-Until:[^\n]*\n", re.MULTILINE)
-
-
-class SigningError(DebcacheError):
-    status = 500
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from . import db as queries
 from .archive import SignatureError, verify_signature
 from .config import Config, toml_table
 from .db import Database
-from .errors import Forbidden, NotFound
+from .errors import MissingKeyring, NotInManifest, UnverifiableRelease
 from .inflight import SharedTasks
 from .manifest import SHORT_ID
 from .resign import resign_release
@@ -47,7 +47,7 @@ class ResignedReleases:
                 lambda: self._make(manifest_id, files, upstream, suite),
             )
         if name not in made:
-            raise NotFound(
+            raise NotInManifest(
                 f"manifest {manifest_id[:SHORT_ID]} has no Release for {upstream} {suite}",
                 "freeze a recording that fetched dists/SUITE/InRelease",
             )
@@ -69,7 +69,7 @@ class ResignedReleases:
             # --allow-unverified or an imported lockfile, and debcache's signature is
             # one that clients trust.
             if keyring is None:
-                raise NotFound(
+                raise MissingKeyring(
                     f"no keyring for upstream {upstream} to check its frozen Release",
                     f"configure keyring in {toml_table('upstreams', upstream)}",
                 )
@@ -82,7 +82,7 @@ class ResignedReleases:
                 else:
                     raise SignatureError("the manifest has Release but no Release.gpg")
             except SignatureError as exc:
-                raise Forbidden(
+                raise UnverifiableRelease(
                     f"the frozen Release of {upstream} {suite} in manifest "
                     f"{manifest_id[:SHORT_ID]} does not verify ({exc}); debcache won't re-sign it",
                     "freeze a recording whose Release verifies with the upstream's keyring",

@@ -67,7 +67,7 @@ class FileStore:
         os.close(fd)
         return Path(name)
 
-    def commit(self, temp: Path, sha256: str, mtime: float | None = None) -> Path:
+    def commit(self, temp: Path, sha256: str) -> Path:
         """Move a complete, checked temp file into place; the temp must already be fsynced.
 
         A blob that exists already is left untouched: its bytes are the same by name.
@@ -77,9 +77,6 @@ class FileStore:
             temp.unlink(missing_ok=True)
             return final  # the same bytes by name (a truncated blob would be replaced)
         final.parent.mkdir(exist_ok=True)
-        if mtime is not None:
-            # Last-Modified of hits comes from the blob's mtime: keep the upstream's.
-            os.utime(temp, (mtime, mtime))
         os.chmod(temp, 0o644)
         os.replace(temp, final)
         return final

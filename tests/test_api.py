@@ -24,7 +24,7 @@ from processes import wait_until
 from workflow import record_install, run
 
 from debcache.config import Config
-from debcache.errors import Forbidden
+from debcache.errors import ApiNotAllowed
 from debcache.server.api import check_may_change as check_may_change_async
 from debcache.server.keys import CONFIG, MACHINE_NAMES
 from debcache.server.machine_names import MachineNames
@@ -107,7 +107,7 @@ class _Transport:
 
 
 def test_loopback_trust_does_not_extend_to_rebound_domains() -> None:
-    with pytest.raises(Forbidden):
+    with pytest.raises(ApiNotAllowed):
         check_may_change(mocked("127.0.0.1", "", None, host="evil.example.org:3142"))
     check_may_change(mocked("127.0.0.1", "", None, host="localhost:3142"))
     check_may_change(mocked("::1", "", None, host="[::1]:3142"))
@@ -182,7 +182,7 @@ def test_mutations_need_loopback_or_the_token(
     if allowed:
         check_may_change(request)
     else:
-        with pytest.raises(Forbidden):
+        with pytest.raises(ApiNotAllowed):
             check_may_change(request)
 
 

@@ -19,7 +19,7 @@ from debcache.archive import (
     parse_archive_path,
     upstream_url,
 )
-from debcache.errors import BadRequest
+from debcache.errors import InvalidArchivePath
 
 SHA = "a" * 64
 
@@ -72,7 +72,7 @@ def test_apt_quoting_is_decoded_once_and_re_encoded_upstream() -> None:
 def test_no_request_path_escapes_the_archive(raw: str) -> None:
     try:
         path = parse_archive_path(raw)
-    except BadRequest:
+    except InvalidArchivePath:
         return
     segments = path.split("/")
     assert all(segment not in ("", ".", "..") for segment in segments)
@@ -84,7 +84,7 @@ def test_dot_segments_in_any_encoding_are_refused(parts: list[str]) -> None:
     raw = "/".join(parts)
     try:
         path = parse_archive_path(raw)
-    except BadRequest:
+    except InvalidArchivePath:
         return
     assert ".." not in path.split("/") and "." not in path.split("/")
 

@@ -297,7 +297,7 @@ def test_concurrent_freezes_of_the_same_recordings_make_one_manifest(
 
 def test_an_ambiguous_id_prefix_lists_the_candidates(tmp_path: Path) -> None:
     from debcache import db as queries
-    from debcache.errors import NotFound
+    from debcache.errors import AmbiguousManifestId
     from debcache.manifest import resolve_manifest_id
 
     queries.create_schema(tmp_path / "debcache.db")
@@ -306,7 +306,7 @@ def test_an_ambiguous_id_prefix_lists_the_candidates(tmp_path: Path) -> None:
         row = {"id": manifest_id, "label": None, "created": 1.0, "recordings": "[]",
                "files": 0, "bytes": 0, "releases": "{}", "unverified": "[]"}  # fmt: skip
         queries.insert_manifest(database, row, [])
-    with pytest.raises(NotFound, match="ambiguous: abcd11110000, abcd22220000"):
+    with pytest.raises(AmbiguousManifestId, match="ambiguous: abcd11110000, abcd22220000"):
         resolve_manifest_id(database, "abcd")
     assert resolve_manifest_id(database, "abcd2").startswith("abcd2222")
 

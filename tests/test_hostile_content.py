@@ -3,9 +3,9 @@ nor leads it outside the archive.
 
 Properties (hypothesis) of the parsers that read what others wrote: Release and
 Packages indices, installer SHA256SUMS, by-hash names, request paths and lockfiles.
-Each either returns what the text says or raises its documented error (lockfiles:
-`BadRequest`); never a traceback of another kind. Examples that once failed are
-pinned as explicit tests below the properties.
+Each either returns what the text says or raises its documented error (request paths:
+`InvalidArchivePath`, lockfiles: `InvalidLockfile`); never a traceback of another
+kind. Examples that once failed are pinned as explicit tests below the properties.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from debcache.archive import (
     parse_checksums_file,
     parse_release,
 )
-from debcache.errors import BadRequest, UnreadableIndex
+from debcache.errors import InvalidArchivePath, InvalidLockfile, UnreadableIndex
 from debcache.lockfile import LOCKFILE_FORMAT, parse_lockfile
 from debcache.manifest import Entry, manifest_id
 
@@ -176,7 +176,7 @@ def test_a_traversing_filename_is_listed_as_written_and_can_never_be_requested(
     index.write_bytes(f"Filename: ../../etc/passwd\nSize: 12\nSHA256: {SHA}\n".encode())
     assert list(packages_pool_entries(index)) == [("../../etc/passwd", 12, SHA)]
     for raw in ("../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "/etc/passwd"):
-        with pytest.raises(BadRequest):
+        with pytest.raises(InvalidArchivePath):
             parse_archive_path(raw)
 
 
@@ -215,7 +215,7 @@ def test_a_by_hash_digest_is_64_lower_hex_or_none(head: str, tail: str) -> None:
 def test_a_parsed_request_path_stays_below_the_archive_root(parts: list[str]) -> None:
     try:
         path = parse_archive_path("/".join(parts))
-    except BadRequest:
+    except InvalidArchivePath:
         return
     root = PurePosixPath("/srv/archive")
     assert not escapes(path)
@@ -276,7 +276,7 @@ def test_a_lockfile_gives_a_manifest_with_its_id_or_bad_request(
     document = lockfile(entries, **fields)
     try:
         manifest = parse_lockfile(json.loads(json.dumps(document)), "x.lock.json")
-    except BadRequest:
+    except InvalidLockfile:
         return
     assert manifest.id == document["id"] == manifest_id(manifest.entries)
     assert all(not escapes(e.path) for e in manifest.entries)
@@ -284,7 +284,7 @@ def test_a_lockfile_gives_a_manifest_with_its_id_or_bad_request(
 
 @given(json_values)
 def test_any_json_is_a_lockfile_or_bad_request(document: object) -> None:
-    with contextlib.suppress(BadRequest):
+    with contextlib.suppress(InvalidLockfile):
         parse_lockfile(document, "x.lock.json")
 
 
@@ -294,7 +294,7 @@ def test_any_json_is_a_lockfile_or_bad_request(document: object) -> None:
 )
 def test_a_lockfile_with_a_mistyped_field_is_refused_in_one_line(fields: dict) -> None:
     document = lockfile([Entry("debian", "pool/main/a/a.deb", SHA, 1)], **fields)
-    with pytest.raises(BadRequest) as refused:
+    with pytest.raises(InvalidLockfile) as refused:
         parse_lockfile(document, "x.lock.json")
     assert str(refused.value).startswith("x.lock.json: ") and "\n" not in str(refused.value)
 
@@ -302,5 +302,5 @@ def test_a_lockfile_with_a_mistyped_field_is_refused_in_one_line(fields: dict) -
 def test_a_lockfile_whose_id_was_edited_is_refused() -> None:
     document = lockfile([Entry("debian", "pool/main/a/a.deb", SHA, 1)])
     document["id"] = hashlib.sha256(b"other").hexdigest()
-    with pytest.raises(BadRequest, match="does not match"):
+    with pytest.raises(InvalidLockfile, match="does not match"):
         parse_lockfile(document, "x.lock.json")

@@ -18,7 +18,7 @@ from string import Template
 from aiohttp import web
 
 from .. import db as queries
-from ..errors import NotFound
+from ..errors import UnknownPage
 from ..metrics import CONTENT_TYPE
 from ..resign import export_public_key
 from ..status import collect_status, status_json
@@ -158,7 +158,7 @@ async def unknown_page(request: web.Request) -> web.StreamResponse:
     if request.method in ("GET", "HEAD") and _is_own_page(request, f"{request.path}/"):
         raise web.HTTPPermanentRedirect(f"{request.path}/")  # /_/api is /_/api/
     listing = ", ".join(f"{e['method']} {e['path']}" for e in own_endpoints(request.app))
-    raise NotFound(
+    raise UnknownPage(
         # The raw path: decoded, a %0A would break the one-line answer.
         f"there is no {request.rel_url.raw_path} among debcache's own pages ({listing})",
         f"GET {OWN_PREFIX}api/ describes each of them",

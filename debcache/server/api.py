@@ -19,7 +19,7 @@ from aiohttp import web
 from .. import db as queries
 from ..branches import current_manifest_id, promote, rollback
 from ..diff import diff, load_side
-from ..errors import BadRequest, Forbidden
+from ..errors import ApiNotAllowed, InvalidApiRequest
 from ..freeze import freeze
 from ..lockfile import export_lockfile
 from ..manifest import load_manifest, resolve_manifest_id
@@ -71,7 +71,7 @@ async def check_may_change(request: web.Request) -> None:
     offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if token and hmac.compare_digest(offered.encode(), token.encode()):
         return
-    raise Forbidden(
+    raise ApiNotAllowed(
         "changes through the API need a loopback client or the admin token",
         "send Authorization: Bearer <[server] admin_token>, or run the CLI on the server",
     )
@@ -108,17 +108,19 @@ async def _body(request: web.Request) -> dict:
     # Only JSON: a browser cannot send that cross-site without a CORS preflight, which
     # debcache never grants, so a web page can't drive the API of a cache on its host.
     if request.content_type != "application/json":
-        raise BadRequest(
+        raise InvalidApiRequest(
             "changes through the API take a JSON body", "send Content-Type: application/json"
         )
     try:
         document = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest(
+        raise InvalidApiRequest(
             "the request body is not JSON", 'send e.g. {"manifest": "1a2b3c"}'
         ) from None
     if not isinstance(document, dict):
-        raise BadRequest("the request body must be a JSON object", 'send e.g. {"manifest": "1a2b"}')
+        raise InvalidApiRequest(
+            "the request body must be a JSON object", 'send e.g. {"manifest": "1a2b"}'
+        )
     return document
 
 
@@ -185,7 +187,9 @@ async def difference(request: web.Request) -> web.Response:
     """Package-level differences: ?a=...&b=... (manifests, branches or recordings)."""
     a, b = request.query.get("a"), request.query.get("b")
     if not a or not b:
-        raise BadRequest("diff needs ?a=...&b=...", "name two manifests, branches or recordings")
+        raise InvalidApiRequest(
+            "diff needs ?a=...&b=...", "name two manifests, branches or recordings"
+        )
     result = await _run(
         request, lambda c, db, s: diff(load_side(c, db, s, a), load_side(c, db, s, b))
     )
@@ -202,7 +206,9 @@ async def freeze_recordings(request: web.Request) -> web.Response:
     body = await _body(request)
     names = body.get("recordings")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise BadRequest("recordings must be a list of names", 'send {"recordings": ["run-1"]}')
+        raise InvalidApiRequest(
+            "recordings must be a list of names", 'send {"recordings": ["run-1"]}'
+        )
 
     branch = str(body["promote"]) if body.get("promote") else None
     client = request.app[UPSTREAM]

@@ -17,7 +17,7 @@ from .. import db as queries
 from ..cache import LiveCache
 from ..config import Config
 from ..db import Database
-from ..errors import ConfigError, DebcacheError, MethodNotAllowed
+from ..errors import ConfigError, DebcacheError, UnsupportedMethod
 from ..inflight import Downloads
 from ..metrics import Metrics
 from ..pinned import PinnedFiles
@@ -26,6 +26,7 @@ from ..resign import ensure_key
 from ..store import FileStore
 from ..upstream import UpstreamClient, create_session
 from . import admin, api
+from .errors import http_status
 from .keys import CACHE, CONFIG, DATABASE, FETCH_LOG, MACHINE_NAMES, METRICS, PINNED, UPSTREAM
 from .live import addressed_to_this_server, forwarded_upstream, is_absolute_form, serve_live
 from .machine_names import MachineNames
@@ -111,15 +112,17 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """DebcacheError → its status and one plain-text line; anything else → logged 500."""
+    """DebcacheError → its status from `HTTP_STATUS` and one plain-text line; anything
+    else → logged 500."""
     try:
         return await handler(request)
     except web.HTTPException:
         raise
     except DebcacheError as exc:
         # A 405 must name what is allowed (RFC 9110 15.5.6); debcache proxies GET and HEAD.
-        headers = {"Allow": "GET, HEAD"} if exc.status == 405 else None
-        return web.Response(status=exc.status, text=f"{exc}\n", headers=headers)
+        status = http_status(exc)
+        headers = {"Allow": "GET, HEAD"} if status == 405 else None
+        return web.Response(status=status, text=f"{exc}\n", headers=headers)
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.raw_path)
         return web.Response(
@@ -131,13 +134,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def forward_proxy_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Absolute-URI requests go to the live cache, whatever route their path matched."""
     if request.method == "CONNECT":
-        raise MethodNotAllowed(
+        raise UnsupportedMethod(
             f"debcache does not tunnel connections (CONNECT {request.raw_path})",
             "use an http:// source with this proxy, or http://cache:3142/UPSTREAM/ as the mirror",
         )
     if is_absolute_form(request):
         if request.method not in ("GET", "HEAD"):
-            raise MethodNotAllowed(f"debcache proxies GET and HEAD only, not {request.method}")
+            raise UnsupportedMethod(f"debcache proxies GET and HEAD only, not {request.method}")
         config = request.app[CONFIG]
         if forwarded_upstream(request, config) is None and addressed_to_this_server(request):
             # A client with debcache as its proxy asking for debcache's own URLs (/pin/,

@@ -17,9 +17,10 @@ from aiohttp import HttpVersion11, web
 from ..archive import parse_archive_path
 from ..cache import FromStore, Outcome, PassedOn, Streaming
 from ..config import Config, Upstream
-from ..errors import DebcacheError, Forbidden, NotFound, UpstreamUnavailable
+from ..errors import DebcacheError, ForbiddenProxyHost, UnknownUpstream, UpstreamUnavailable
 from ..http_dates import http_date_timestamp
 from ..recording import FetchRecord, check_recording_name, recording_from_credentials
+from .errors import http_status
 from .keys import CACHE, CONFIG, FETCH_LOG
 from .responses import SOURCE_HEADER, archive_headers, send_blob
 
@@ -49,7 +50,7 @@ async def serve_live(request: web.Request) -> web.StreamResponse:
         outcome = await cache.fetch(target.upstream, target.path)
         return await respond(request, target, outcome, record)
     except DebcacheError as exc:
-        record.status = exc.status
+        record.status = http_status(exc)
         raise
     finally:
         fetch_log.finish(record)
@@ -78,7 +79,7 @@ def _upstream_named(config: Config, name: str) -> Upstream:
     upstream = config.upstreams.get(name)
     if upstream is None:
         known = ", ".join(sorted(config.upstreams)) or "none"
-        raise NotFound(
+        raise UnknownUpstream(
             f"no upstream named {name!r} (configured: {known})",
             "use http://cache:3142/UPSTREAM/... with one of those names, or add it to the config",
         )
@@ -90,7 +91,7 @@ def _forward_proxy_target(request: web.Request, config: Config) -> Target:
     if matched is None:
         host, port = (request.url.host or "").lower(), request.url.explicit_port
         authority = f"{host}:{port}" if port else host
-        raise Forbidden(
+        raise ForbiddenProxyHost(
             f"debcache forwards only to its configured archives; "
             f"{authority}{request.rel_url.raw_path} is in none",
             "add the host to proxy_hosts of an upstream, or use http://cache:3142/UPSTREAM/ "
@@ -209,7 +210,7 @@ async def _send_download(
         # the client sees a failed transfer, never a complete-looking 200 nor a second
         # response written into this one's body.
         if isinstance(exc, DebcacheError):
-            record.status = exc.status
+            record.status = http_status(exc)
         else:
             log.exception("streaming %s/%s failed", target.upstream.name, target.path)
         if request.transport is not None:

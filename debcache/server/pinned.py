@@ -15,9 +15,10 @@ from aiohttp import web
 from ..archive import parse_archive_path
 from ..branches import check_branch_name
 from ..config import NAME_PATTERN
-from ..errors import BadRequest, DebcacheError, NotFound
+from ..errors import DebcacheError, InvalidManifestId, InvalidName, UnknownPage
 from ..pinned import PinnedFile
 from ..store import SHA256_PATTERN
+from .errors import http_status
 from .keys import FETCH_LOG, PINNED
 from .responses import IMMUTABLE, archive_headers, send_blob
 
@@ -60,7 +61,7 @@ async def serve_manifest(request: web.Request) -> web.StreamResponse:
     """GET/HEAD /manifest/<id>/<upstream>/<path>: immutable."""
     manifest_id, upstream, path = _split(request, "manifest")
     if not SHA256_PATTERN.match(manifest_id):
-        raise BadRequest(
+        raise InvalidManifestId(
             f"{manifest_id!r} is not a full manifest id", "use all 64 hex digits of the id"
         )
     pinned = request.app[PINNED]
@@ -72,13 +73,13 @@ async def serve_manifest(request: web.Request) -> web.StreamResponse:
 def _split(request: web.Request, prefix: str) -> tuple[str, str, str]:
     parts = request.rel_url.raw_path.lstrip("/").split("/", 3)
     if len(parts) != 4 or unquote(parts[0]) != prefix:
-        raise NotFound(
+        raise UnknownPage(
             f"{request.rel_url.raw_path} is not /{prefix}/NAME/UPSTREAM/PATH",
             f"request /{prefix}/NAME/UPSTREAM/dists/SUITE/InRelease or the like",
         )
     upstream = unquote(parts[2])
     if not NAME_PATTERN.match(upstream):
-        raise BadRequest(f"{upstream!r} is not an upstream name", "use the name from the config")
+        raise InvalidName(f"{upstream!r} is not an upstream name", "use the name from the config")
     return unquote(parts[1]), upstream, parse_archive_path(parts[3])
 
 
@@ -112,7 +113,7 @@ async def _serve(
         blob = request.app[PINNED].store.local_path(found.sha256)
         return await send_blob(request, blob, headers, record, found.last_modified)
     except DebcacheError as exc:
-        record.status = exc.status
+        record.status = http_status(exc)
         raise
     finally:
         fetch_log.finish(record)

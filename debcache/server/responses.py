@@ -18,7 +18,7 @@ from typing import BinaryIO
 from aiohttp import web
 
 from ..archive import classify_path, content_type_for
-from ..errors import NotFound
+from ..errors import BlobGone
 from ..http_dates import http_seconds
 from ..recording import FetchRecord
 
@@ -65,7 +65,7 @@ async def send_blob(
     try:
         blob_file = open(blob, "rb")  # noqa: SIM115 (closed below, after sendfile)
     except FileNotFoundError:
-        raise NotFound(f"{sha256} left the store meanwhile (gc?)", "retry the request") from None
+        raise BlobGone(f"{sha256} left the store meanwhile (gc?)", "retry the request") from None
     with blob_file:
         size = os.fstat(blob_file.fileno()).st_size
         span = _byte_range(request, size, last_modified, sha256)
