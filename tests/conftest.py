@@ -11,7 +11,15 @@ from apt import AptRoot
 from archive_fixture import Archive, build_test_archive
 from debcache_server import DebcacheServer, make_config
 from fake_mirror import FakeMirror
+from hypothesis import settings
 from workflow import keyed_debcache_for
+
+# The same examples on every run: a property test that fails must fail every time (and
+# be fixed with the example pinned), never now and then. `--hypothesis-seed` or
+# `HYPOTHESIS_PROFILE=explore` searches afresh when hunting for bugs.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 REQUIRED_TOOLS = ("apt-get", "dpkg-deb", "gpg", "gpgv", "wget", "debootstrap")
 
