@@ -15,6 +15,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -365,12 +366,32 @@ def with_upstream_client(operation: Callable[[UpstreamClient], T]) -> T:
     session and the UpstreamClient it downloads through.
 
     The operation blocks (SQLite, gpgv, hashing), so it runs on a worker thread, as in
-    the server; its downloads run on the loop.
+    the server; its downloads run on the loop. A daemon thread: Ctrl-C ends the command
+    at once, as before, instead of waiting for the operation to finish.
     """
 
     async def main() -> T:
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[T] = loop.create_future()
+
+        def report(settle: Callable[[Any], None], value: Any) -> None:
+            if not outcome.done():
+                settle(value)
+
+        def work(client: UpstreamClient) -> None:
+            try:
+                result = operation(client)
+            except BaseException as exc:
+                settle, value = outcome.set_exception, exc
+            else:
+                settle, value = outcome.set_result, result
+            with contextlib.suppress(RuntimeError):  # the loop is gone: Ctrl-C ended it
+                loop.call_soon_threadsafe(report, settle, value)
+
         async with create_session() as session:
-            return await asyncio.to_thread(operation, UpstreamClient(session))
+            client = UpstreamClient(session)
+            threading.Thread(target=work, args=(client,), daemon=True).start()
+            return await outcome
 
     return asyncio.run(main())
 
@@ -984,10 +1005,9 @@ def gc_command(config: Config, max_size: str, dry_run: bool, as_json: bool) -> N
 def verify_command(config: Config, as_json: bool) -> None:
     """Re-hash the store; quarantine corrupt blobs and fetch them again where possible."""
     database, store = open_state(config, any_thread=True)
-    count = sum(1 for _ in store.iterate())
-    with progress_bar(count, "Hashing") as progress:
+    with growing_progress_bar(0, "Hashing") as (progress, more_work):
         report = with_upstream_client(
-            lambda client: verify_store(config, database, store, client, progress)
+            lambda client: verify_store(config, database, store, client, progress, more_work)
         )
     if as_json:
         print_json(dataclasses.asdict(report))

@@ -82,14 +82,19 @@ def verify_store(
     store: FileStore,
     client: UpstreamClient,
     progress: Callable[[int], None] | None = None,
+    more_work: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Re-hash every blob; quarantine the corrupt ones and fetch them again where possible.
 
-    Runs on a worker thread; `client` downloads on its event loop.
+    more_work(n): n blobs to hash; progress(n): n more hashed. Runs on a worker thread;
+    `client` downloads on its event loop.
     """
     report = VerifyReport()
     quarantine = config.data_dir / "quarantine"
-    for sha256 in list(store.iterate()):
+    blobs = list(store.iterate())
+    if more_work:
+        more_work(len(blobs))
+    for sha256 in blobs:
         blob = store.local_path(sha256)
         report.checked += 1
         if file_sha256(blob) != sha256:
