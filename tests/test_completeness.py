@@ -31,6 +31,7 @@ from workflow import freeze_json, keyed_debcache_for, manifest_json, record_inst
 from debcache import db as queries
 from debcache.config import Upstream
 from debcache.manifest import load_manifest
+from debcache.upstream import PARALLEL_DOWNLOADS
 
 SUITES = ("bookworm", "bookworm-updates")
 PACKAGES = ("hello", "tool++", "greet-tzdata")
@@ -315,6 +316,46 @@ def test_the_apis_freeze_downloads_through_the_servers_upstream_client(
     completing = len(real_mirror.requests) - sent
     assert completing > 0
     assert upstream_requests(lab_debcache, "debian") - counted == completing
+
+
+def test_the_commands_freeze_tries_a_failing_base_url_last_for_its_later_downloads(
+    tmp_path: Path,
+) -> None:
+    # The first base URL answers 503 for every file. Through UpstreamClient a failed
+    # URL goes to the back of the queue: once the first downloads saw it fail, the
+    # later ones of the same freeze go to the second URL first. (Before, every
+    # download asked the failing URL again.) This archive's Releases list only files
+    # the mirror has: a 404 would show the failing URL working again.
+    archive = build_test_archive(tmp_path / "www")
+    # A third suite: more downloads than run at once, so some start after the first
+    # ones saw the failing URL fail.
+    archive.publish_suite("bookworm-backports", archive.packages("bookworm")[:1])
+    with (
+        FakeMirror(archive.root, validators=False) as good,
+        FakeMirror(archive.root) as failing,
+    ):
+        for file in archive.root.rglob("*"):
+            if file.is_file():
+                failing.set_fault(f"/{file.relative_to(archive.root)}", Fault.status(503))
+        urls = [f"{failing.url}/debian", f"{good.url}/debian"]
+        config = make_config(tmp_path / "data", {"debian": urls}, keyring=archive.key.keyring)
+        server = DebcacheServer(config)
+        server.config_file = write_config_file(config, tmp_path / "debcache.toml")
+        with server:
+            host = AptRoot(tmp_path / "warm-host")
+            host.write_sources(
+                [
+                    f"deb [signed-by={archive.key.keyring}] {good.url}/debian {suite} main"
+                    for suite in (*SUITES, "bookworm-backports")
+                ]
+            )
+            run_through(server, good, host, None)  # lists current: the recording gets none
+            run_through(server, good, host, "warm-run", "hello")
+            asked, sent = len(failing.requests), len(good.requests)
+            frozen = freeze_json(server, "warm-run")
+            assert frozen["completed"] > 0 and frozen["unverified"] == []
+            assert len(good.requests) - sent > PARALLEL_DOWNLOADS
+            assert len(failing.requests) - asked <= PARALLEL_DOWNLOADS
 
 
 def test_with_the_upstream_unreachable_an_index_with_no_variant_cached_fails_the_freeze(
