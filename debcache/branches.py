@@ -44,12 +44,16 @@ def promote(
     manifest_ref: str,
     note: str | None = None,
     progress: Callable[[int], None] | None = None,
+    more_work: Callable[[int], None] | None = None,
 ) -> Change:
-    """Point `branch` at a manifest whose blobs are all present and intact."""
+    """Point `branch` at a manifest whose blobs are all present and intact.
+
+    more_work(n): n blobs to check; progress(n): n more checked.
+    """
     check_branch_name(branch)
     manifest = load_manifest(db, resolve_manifest_id(db, manifest_ref))
     with store.exclusive():
-        check_blobs_intact(store, manifest, progress)
+        check_blobs_intact(store, manifest, progress, more_work)
         previous = queries.set_branch(db, branch, "promote", manifest.id, note, time.time())
     return Change(branch, manifest.id, previous)
 
@@ -97,11 +101,17 @@ def current_manifest_id(db: sqlite_utils.Database, branch: str) -> str:
 
 
 def check_blobs_intact(
-    store: FileStore, manifest: Manifest, progress: Callable[[int], None] | None = None
+    store: FileStore,
+    manifest: Manifest,
+    progress: Callable[[int], None] | None = None,
+    more_work: Callable[[int], None] | None = None,
 ) -> None:
     """Re-hash every blob of the manifest; refuse if one is missing or corrupt."""
     missing, corrupt = [], []
-    for sha256 in sorted({e.sha256 for e in manifest.entries}):
+    blobs = sorted({e.sha256 for e in manifest.entries})
+    if more_work:
+        more_work(len(blobs))
+    for sha256 in blobs:
         blob = store.local_path(sha256)
         if not blob.is_file():
             missing.append(f"{sha256[:SHORT_ID]} missing")

@@ -846,9 +846,8 @@ def promote_command(config: Config, branch: str, manifest_ref: str, note: str | 
     """
     database, store = open_state(config)
     manifest_id = resolve_manifest_id(database, manifest_ref)
-    count = len({row["sha256"] for row in db.manifest_entries(database, manifest_id)})
-    with progress_bar(count, "Checking blobs") as progress:
-        change = promote(database, store, branch, manifest_id, note, progress)
+    with growing_progress_bar(0, "Checking blobs") as (progress, more_work):
+        change = promote(database, store, branch, manifest_id, note, progress, more_work)
     _report_change(change, "now serves")
 
 
