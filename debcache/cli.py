@@ -500,6 +500,24 @@ def print_table(headers: list[str], rows: list[list[object]]) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+Column = Callable[[dict], object]
+
+
+def print_listing(
+    rows: list[dict], as_json: bool, columns: dict[str, Column], empty: str | None = None
+) -> bool:
+    """A listing command's output: the rows as JSON, `empty` when there are none, or a
+    table of `columns` (header → cell of a row); True when it printed a table."""
+    if as_json:
+        print_json(rows)
+        return False
+    if not rows and empty:
+        click.echo(empty)
+        return False
+    print_table(list(columns), [[cell(row) for cell in columns.values()] for row in rows])
+    return True
+
+
 # --- recordings -----------------------------------------------------------------------
 
 
@@ -521,28 +539,18 @@ def recordings(context: click.Context, as_json: bool) -> None:
 def list_recordings(config: Config, as_json: bool) -> None:
     database, _ = open_state(config, read_only=True)
     rows = recording_summaries(database)
-    if as_json:
-        print_json(rows)
-        return
-    if not rows:
-        click.echo("No recordings yet. Tag an install with http://NAME@cache:3142/ as its proxy.")
-        return
-    print_table(
-        ["RECORDING", "FIRST", "LAST", "FILES", "FAILED", "CLIENTS", "UPSTREAMS"],
-        [
-            [
-                r["recording"],
-                when(r["first"]),
-                when(r["last"]),
-                r["files"],
-                _failed_count(r),
-                r["clients"],
-                r["upstreams"],
-            ]
-            for r in rows
-        ],
-    )
-    click.echo("\nFreeze one with: debcache freeze RECORDING")
+    columns: dict[str, Column] = {
+        "RECORDING": lambda r: r["recording"],
+        "FIRST": lambda r: when(r["first"]),
+        "LAST": lambda r: when(r["last"]),
+        "FILES": lambda r: r["files"],
+        "FAILED": _failed_count,
+        "CLIENTS": lambda r: r["clients"],
+        "UPSTREAMS": lambda r: r["upstreams"],
+    }
+    empty = "No recordings yet. Tag an install with http://NAME@cache:3142/ as its proxy."
+    if print_listing(rows, as_json, columns, empty):
+        click.echo("\nFreeze one with: debcache freeze RECORDING")
 
 
 def _failed_count(row: dict) -> str:
@@ -689,31 +697,19 @@ def manifests(context: click.Context, as_json: bool) -> None:
 @pass_config
 def list_manifests(config: Config, as_json: bool) -> None:
     database, _ = open_state(config, read_only=True)
-    rows = db.manifest_rows(database)
-    if as_json:
-        print_json(
-            [
-                {k: v for k, v in r.items() if k not in ("releases", "unverified", "completed")}
-                for r in rows
-            ]
-        )
-        return
-    if not rows:
-        click.echo("No manifests yet. Make one with: debcache freeze RECORDING")
-        return
-    print_table(
-        ["ID", "LABEL", "CREATED", "FILES", "SIZE", "RECORDINGS"],
-        [
-            [
-                r["id"][:SHORT_ID],
-                r["label"] or "-",
-                when(r["created"]),
-                r["files"],
-                size(r["bytes"]),
-                ",".join(json.loads(r["recordings"])),
-            ]
-            for r in rows
-        ],
+    # The list's JSON leaves out what only `manifests show` prints (Release data, files).
+    hidden = ("releases", "unverified", "completed", "warnings")
+    rows = [{k: v for k, v in r.items() if k not in hidden} for r in db.manifest_rows(database)]
+    columns: dict[str, Column] = {
+        "ID": lambda r: r["id"][:SHORT_ID],
+        "LABEL": lambda r: r["label"] or "-",
+        "CREATED": lambda r: when(r["created"]),
+        "FILES": lambda r: r["files"],
+        "SIZE": lambda r: size(r["bytes"]),
+        "RECORDINGS": lambda r: ",".join(json.loads(r["recordings"])),
+    }
+    print_listing(
+        rows, as_json, columns, "No manifests yet. Make one with: debcache freeze RECORDING"
     )
 
 
@@ -875,26 +871,17 @@ def branches_command(config: Config, as_json: bool) -> None:
     """List branches and the manifest each serves."""
     database, _ = open_state(config, read_only=True)
     rows = db.branch_rows(database)
-    if as_json:
-        print_json(rows)
-        return
-    if not rows:
-        click.echo("No branches yet. Make one with: debcache promote BRANCH MANIFEST")
-        return
-    print_table(
-        ["BRANCH", "MANIFEST", "LABEL", "CHANGED", "NOTE", "FILES", "SIZE"],
-        [
-            [
-                r["name"],
-                r["manifest_id"][:SHORT_ID],
-                r["label"] or "-",
-                when(r["changed"]),
-                r["note"] or "-",
-                r["files"],
-                size(r["bytes"]),
-            ]
-            for r in rows
-        ],
+    columns: dict[str, Column] = {
+        "BRANCH": lambda r: r["name"],
+        "MANIFEST": lambda r: r["manifest_id"][:SHORT_ID],
+        "LABEL": lambda r: r["label"] or "-",
+        "CHANGED": lambda r: when(r["changed"]),
+        "NOTE": lambda r: r["note"] or "-",
+        "FILES": lambda r: r["files"],
+        "SIZE": lambda r: size(r["bytes"]),
+    }
+    print_listing(
+        rows, as_json, columns, "No branches yet. Make one with: debcache promote BRANCH MANIFEST"
     )
 
 
@@ -907,22 +894,14 @@ def log_command(config: Config, branch: str, as_json: bool) -> None:
     database, _ = open_state(config, read_only=True)
     current_manifest_id(database, branch)
     rows = db.branch_history(database, branch)
-    if as_json:
-        print_json(rows)
-        return
-    print_table(
-        ["WHEN", "ACTION", "MANIFEST", "FROM", "NOTE"],
-        [
-            [
-                when(r["time"]),
-                r["action"],
-                r["manifest_id"][:SHORT_ID],
-                (r["previous_id"] or "-")[:SHORT_ID],
-                r["note"] or "-",
-            ]
-            for r in rows
-        ],
-    )
+    columns: dict[str, Column] = {
+        "WHEN": lambda r: when(r["time"]),
+        "ACTION": lambda r: r["action"],
+        "MANIFEST": lambda r: r["manifest_id"][:SHORT_ID],
+        "FROM": lambda r: (r["previous_id"] or "-")[:SHORT_ID],
+        "NOTE": lambda r: r["note"] or "-",
+    }
+    print_listing(rows, as_json, columns)
 
 
 # --- status -----------------------------------------------------------------------------
