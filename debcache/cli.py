@@ -248,6 +248,33 @@ def listen_name(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# Why a socket could not listen, and what to do, by errno: (cause, remedy) of (host, port).
+_LISTEN_FAILURES: dict[int, tuple[Callable[[str, int], str], Callable[[str, int], str]]] = {
+    errno.EADDRINUSE: (
+        lambda host, port: "another process listens on that port",
+        lambda host, port: (
+            f"stop it, or pass --listen {listen_name(host, 'PORT')} with a free port"
+        ),
+    ),
+    errno.EADDRNOTAVAIL: (
+        lambda host, port: f"{host} is not an address of this host",
+        lambda host, port: (
+            f"pass --listen with one of its addresses, or 0.0.0.0:{port} for all of them"
+        ),
+    ),
+    errno.EACCES: (
+        lambda host, port: "ports below 1024 need root or CAP_NET_BIND_SERVICE",
+        lambda host, port: (
+            f"pass --listen {listen_name(host, 3142)} (or another port above 1023), or run as root"
+        ),
+    ),
+    errno.EAFNOSUPPORT: (
+        lambda host, port: f"this host has no {'IPv6' if ':' in host else 'IPv4'}",
+        lambda host, port: "pass --listen with an address of a protocol it has, e.g. 0.0.0.0:3142",
+    ),
+}
+
+
 def listen_error(
     host: str, port: int, exc: OSError, earlier: tuple[tuple[str, int], ...] = ()
 ) -> ConfigError:
@@ -265,26 +292,10 @@ def listen_error(
             f"{cause}: {host} is not an IP address or a name this host resolves ({exc.strerror})",
             "pass --listen with an IP address of this host, e.g. 0.0.0.0:3142",
         )
-    if exc.errno == errno.EADDRINUSE:
-        return ConfigError(
-            f"{cause}: another process listens on that port",
-            f"stop it, or pass --listen {listen_name(host, 'PORT')} with a free port",
-        )
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return ConfigError(
-            f"{cause}: {host} is not an address of this host",
-            f"pass --listen with one of its addresses, or 0.0.0.0:{port} for all of them",
-        )
-    if exc.errno == errno.EACCES:
-        return ConfigError(
-            f"{cause}: ports below 1024 need root or CAP_NET_BIND_SERVICE",
-            f"pass --listen {listen_name(host, 3142)} (or another port above 1023), or run as root",
-        )
-    if exc.errno == errno.EAFNOSUPPORT:
-        return ConfigError(
-            f"{cause}: this host has no {'IPv6' if ':' in host else 'IPv4'}",
-            "pass --listen with an address of a protocol it has, e.g. 0.0.0.0:3142",
-        )
+    reasons = _LISTEN_FAILURES.get(exc.errno)
+    if reasons is not None:
+        why, remedy = reasons
+        return ConfigError(f"{cause}: {why(host, port)}", remedy(host, port))
     return ConfigError(f"{cause}: {exc.strerror or exc}", "pass --listen with another HOST:PORT")
 
 
