@@ -805,6 +805,7 @@ def promote_command(config: Config, branch: str, manifest_ref: str, note: str | 
     Example:
         debcache promote xen-4.19 1a2b3c4d --note "after 12.7"
     """
+    check_branch_name(branch)  # before the manifest: a bad name is the first thing to fix
     database, store = open_state(config)
     manifest_id = resolve_manifest_id(database, manifest_ref)
     count = len({row["sha256"] for row in db.manifest_entries(database, manifest_id)})

@@ -28,7 +28,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_COALESCE_WINDOW = 1.0
 CONNECT_TIMEOUT = 10.0
 RESERVED_UPSTREAM_NAMES = frozenset({"record", "pin", "manifest", "_"})
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 TOML_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -242,7 +242,7 @@ def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
             f"the name {name!r} is reserved for debcache's own URLs",
             f"rename the upstream; {', '.join(sorted(RESERVED_UPSTREAM_NAMES))} are reserved",
         )
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise section.error(
             "", "not a valid upstream name", "use letters, digits, '.', '_', '+' and '-' only"
         )
@@ -284,7 +284,7 @@ def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
 
 def _parse_branch(source: Path, name: str, table: object) -> Branch:
     section = _Section(source, ("branches", name), table)
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise section.error("", "not a valid branch name", "use letters, digits, '.', '_', '-'")
     fill = section.get("fill", str, "strict")
     if fill not in ("strict", "verified"):

@@ -900,7 +900,7 @@ class PackagesListings:
         # main's packages under pool/updates/main/.
         components = set(pool_path.split("/")[1:-1])
         name = pool_path.rpartition("/")[2]
-        match = re.search(r"_([a-z0-9-]+)\.(u?deb)$", name)
+        match = re.search(r"_([a-z0-9-]+)\.(u?deb)\Z", name)
         architecture, kind = (match.group(1), match.group(2)) if match else ("", "")
         candidates = []
         for suite in sorted(self.releases):
@@ -1231,7 +1231,7 @@ def _lockfile_entry(raw: object, number: int, bad: Callable[[str], InvalidLockfi
     if not isinstance(raw, dict):
         raise bad(f"entry {number} is not an object")
     upstream, path, sha256, size = (raw.get(k) for k in ("upstream", "path", "sha256", "size"))
-    if not isinstance(upstream, str) or not NAME_PATTERN.match(upstream):
+    if not isinstance(upstream, str) or not NAME_PATTERN.fullmatch(upstream):
         raise bad(f"entry {number} has no valid upstream name")
     if not isinstance(path, str):
         raise bad(f"entry {number} has no path")
@@ -1240,7 +1240,7 @@ def _lockfile_entry(raw: object, number: int, bad: Callable[[str], InvalidLockfi
             raise InvalidArchivePath("encoded")
     except InvalidArchivePath:
         raise bad(f"entry {number} has an unsafe path {path!r}") from None
-    if not isinstance(sha256, str) or not SHA256_PATTERN.match(sha256):
+    if not isinstance(sha256, str) or not SHA256_PATTERN.fullmatch(sha256):
         raise bad(f"entry {number} has no valid sha256")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise bad(f"entry {number} has no valid size")
