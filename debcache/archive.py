@@ -61,17 +61,19 @@ def parse_archive_path(raw: str) -> str:
     """
     if len(raw) > MAX_PATH_LENGTH:
         raise InvalidArchivePath("the requested path is too long", "request an archive file path")
+    # Split where the client put its slashes, then decode each segment: an encoded
+    # slash (%2f) decodes inside a segment, where the pattern refuses it.
     try:
-        path = unquote(raw, errors="strict")
+        segments = [unquote(segment, errors="strict") for segment in raw.split("/")]
     except UnicodeDecodeError:
-        path = "\0"  # refused below like any other bad character
-    for segment in path.split("/"):
+        segments = ["\0"]  # refused below like any other bad character
+    for segment in segments:
         if segment in ("", ".", "..") or not SEGMENT_PATTERN.fullmatch(segment):
             raise InvalidArchivePath(
                 f"{raw!r} is not an archive path (empty, '.', '..' or unusual characters)",
                 "request a file such as dists/SUITE/InRelease or pool/...",
             )
-    return path
+    return "/".join(segments)
 
 
 def upstream_url(base_url: str, path: str) -> str:
