@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
@@ -78,6 +79,15 @@ def test_no_archive_path_segment_ends_in_a_newline(newline: str, name: str) -> N
         parse_archive_path(f"pool/main/h/hello{name}{newline}")
     with pytest.raises(InvalidArchivePath):
         parse_archive_path(f"dists{newline}/bookworm/InRelease")
+
+
+@given(any_then_newline)
+@example("hello_1.0_amd64.deb\n")
+def test_no_archive_path_ends_in_a_newline_whatever_precedes_it(name: str) -> None:
+    with pytest.raises(InvalidArchivePath):
+        parse_archive_path(f"pool/main/{name}")
+    with pytest.raises(InvalidArchivePath):
+        parse_archive_path(f"pool/main/{quote(name)}")
 
 
 def test_an_installer_images_file_never_ends_in_a_newline() -> None:

@@ -135,13 +135,13 @@ def test_malformed_requests_are_logged_at_most_n_a_minute_then_counted() -> None
     now = [1000.0]
     quiet = BadRequestLines(per_minute=2, clock=lambda: now[0])
 
-    def record() -> logging.LogRecord:
+    def record(level: int = logging.ERROR) -> logging.LogRecord:
         try:
             raise BadHttpMessage("Invalid header\n\n  b'x'\n   ^")
         except BadHttpMessage as exc:
             error = (type(exc), exc, exc.__traceback__)
         return logging.LogRecord(
-            "debcache.http", logging.ERROR, "", 0, "Error handling request from %s", ("a",), error
+            "debcache.http", level, "", 0, "Error handling request from %s", ("a",), error
         )
 
     passed = [r for r in (record() for _ in range(5)) if quiet.filter(r)]
@@ -151,6 +151,8 @@ def test_malformed_requests_are_logged_at_most_n_a_minute_then_counted() -> None
     later = record()
     assert quiet.filter(later)
     assert later.getMessage().endswith("(3 more bad requests not logged before this one)")
+    not_http = record(logging.DEBUG)  # aiohttp's level for a TLS handshake: kept
+    assert quiet.filter(not_http) and not_http.levelno == logging.DEBUG
     other = logging.LogRecord("debcache.http", logging.ERROR, "", 0, "boom", (), None)
     assert quiet.filter(other) and other.getMessage() == "boom"
 

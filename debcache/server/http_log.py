@@ -9,6 +9,7 @@ use (`AppRunner(logger=...)`), so debcache hands it one with this filter.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -32,7 +33,7 @@ class BadRequestLines(logging.Filter):
         super().__init__()
         self.per_minute = per_minute
         self.clock = clock
-        self.window_start = -60.0
+        self.window_start = -math.inf
         self.logged = 0
         self.left_out = 0
 
@@ -56,7 +57,10 @@ class BadRequestLines(logging.Filter):
             record.args += (self.left_out,)
             self.left_out = 0
         record.exc_info, record.exc_text = None, None
-        record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        # Info, or debug where aiohttp chose it (a first request that is not HTTP at all,
+        # such as a TLS handshake: noise on any port open to a network).
+        record.levelno = min(record.levelno, logging.INFO)
+        record.levelname = logging.getLevelName(record.levelno)
         return True
 
 
