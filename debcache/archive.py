@@ -30,7 +30,7 @@ from .errors import InvalidArchivePath, UnreadableIndex
 # [A-Za-z0-9.+~-] (pool file names drop the epoch), suites, by-hash digests and
 # installer image names. Anything else (%, \, NUL, spaces, quotes) is refused, so
 # neither a traversal nor a double-encoded one can reach the upstream or the store.
-SEGMENT_PATTERN = re.compile(r"^[A-Za-z0-9._+~:=,@-]+$")
+SEGMENT_PATTERN = re.compile(r"[A-Za-z0-9._+~:=,@-]+")
 MAX_PATH_LENGTH = 1024
 UPSTREAM_SAFE_CHARACTERS = "/._-~+:=,@"
 
@@ -61,17 +61,19 @@ def parse_archive_path(raw: str) -> str:
     """
     if len(raw) > MAX_PATH_LENGTH:
         raise InvalidArchivePath("the requested path is too long", "request an archive file path")
+    # Split where the client put its slashes, then decode each segment: an encoded
+    # slash (%2f) decodes inside a segment, where the pattern refuses it.
     try:
-        path = unquote(raw, errors="strict")
+        segments = [unquote(segment, errors="strict") for segment in raw.split("/")]
     except UnicodeDecodeError:
-        path = "\0"  # refused below like any other bad character
-    for segment in path.split("/"):
-        if segment in ("", ".", "..") or not SEGMENT_PATTERN.match(segment):
+        segments = ["\0"]  # refused below like any other bad character
+    for segment in segments:
+        if segment in ("", ".", "..") or not SEGMENT_PATTERN.fullmatch(segment):
             raise InvalidArchivePath(
                 f"{raw!r} is not an archive path (empty, '.', '..' or unusual characters)",
                 "request a file such as dists/SUITE/InRelease or pool/...",
             )
-    return path
+    return "/".join(segments)
 
 
 def upstream_url(base_url: str, path: str) -> str:
@@ -304,7 +306,7 @@ def parse_checksums_file(text: str) -> dict[str, str]:
 
 def installer_images_dir(path: str) -> str | None:
     """`dists/S/main/installer-amd64/current/images` for a file below such a directory."""
-    match = re.match(r"^(dists/[^/]+/[^/]+/installer-[^/]+/[^/]+/images)/.+$", path)
+    match = re.fullmatch(r"(dists/[^/]+/[^/]+/installer-[^/]+/[^/]+/images)/.+", path)
     return match.group(1) if match else None
 
 

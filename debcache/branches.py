@@ -29,7 +29,7 @@ class Change:
 
 
 def check_branch_name(name: str) -> str:
-    if not NAME_PATTERN.match(name) or ".." in name:
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise InvalidName(
             f"{name!r} is not a valid branch name",
             "use up to 64 letters, digits, '.', '_', '+' and '-' (no '/', '..' or spaces)",

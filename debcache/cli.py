@@ -26,7 +26,7 @@ import sqlite_utils
 from click import ParameterSource
 
 from . import db
-from .branches import Change, current_manifest_id, promote, rollback
+from .branches import Change, check_branch_name, current_manifest_id, promote, rollback
 from .config import (
     Config,
     default_data_dir,
@@ -851,6 +851,7 @@ def promote_command(config: Config, branch: str, manifest_ref: str, note: str | 
     Example:
         debcache promote xen-4.19 1a2b3c4d --note "after 12.7"
     """
+    check_branch_name(branch)  # before the manifest: a bad name is the first thing to fix
     database, store = open_state(config)
     manifest_id = resolve_manifest_id(database, manifest_ref)
     with growing_progress_bar(0, "Checking blobs") as (progress, more_work):

@@ -8,6 +8,7 @@ any Debian host without configuration.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -28,8 +29,10 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_COALESCE_WINDOW = 1.0
 CONNECT_TIMEOUT = 10.0
 RESERVED_UPSTREAM_NAMES = frozenset({"record", "pin", "manifest", "_"})
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 TOML_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+ANYONE = ["0.0.0.0/0", "::/0"]  # the default of [server] status_from
 
 
 def toml_key(*parts: str) -> str:
@@ -78,6 +81,8 @@ class Config:
     branches: dict[str, Branch] = field(default_factory=dict)
     admin_token: str = ""
     source: Path | None = None  # the file it came from; None for built-in defaults
+    # Clients that may read the status page and the API (GET /_/, /_/api/...).
+    status_from: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in ANYONE)
 
 
 def load_config(
@@ -205,6 +210,7 @@ def parse_config(document: dict, source: Path, *, apt_dir: Path = Path("/etc/apt
     listen = tuple(_parse_listen(server, v) for v in server.strings("listen", ["0.0.0.0:3142"]))
     data_dir = Path(str(server.get("data_dir", str, str(default_data_dir()))))
     admin_token = str(server.get("admin_token", str, ""))
+    status_from = tuple(_parse_network(server, v) for v in server.strings("status_from", ANYONE))
     server.reject_unknown()
 
     tables = top.get("upstreams", dict, {})
@@ -215,7 +221,20 @@ def parse_config(document: dict, source: Path, *, apt_dir: Path = Path("/etc/apt
         name: _parse_branch(source, name, t) for name, t in top.get("branches", dict, {}).items()
     }
     top.reject_unknown()
-    return Config(listen, data_dir, upstreams, branches, admin_token, source)
+    return Config(
+        listen, data_dir, upstreams, branches, admin_token, source, status_from=status_from
+    )
+
+
+def _parse_network(server: _Section, text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise server.error(
+            "status_from",
+            f"{text!r} is not an address or a network",
+            'list addresses or networks such as "127.0.0.1", "10.0.0.0/8" or "::1/128"',
+        ) from None
 
 
 def parse_listen_address(value: str) -> tuple[str, int] | None:
@@ -242,7 +261,7 @@ def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
             f"the name {name!r} is reserved for debcache's own URLs",
             f"rename the upstream; {', '.join(sorted(RESERVED_UPSTREAM_NAMES))} are reserved",
         )
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise section.error(
             "", "not a valid upstream name", "use letters, digits, '.', '_', '+' and '-' only"
         )
@@ -284,7 +303,7 @@ def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
 
 def _parse_branch(source: Path, name: str, table: object) -> Branch:
     section = _Section(source, ("branches", name), table)
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise section.error("", "not a valid branch name", "use letters, digits, '.', '_', '-'")
     fill = section.get("fill", str, "strict")
     if fill not in ("strict", "verified"):

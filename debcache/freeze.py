@@ -828,7 +828,7 @@ class PackagesListings:
         # main's packages under pool/updates/main/.
         components = set(pool_path.split("/")[1:-1])
         name = pool_path.rpartition("/")[2]
-        match = re.search(r"_([a-z0-9-]+)\.(u?deb)$", name)
+        match = re.search(r"_([a-z0-9-]+)\.(u?deb)\Z", name)
         architecture, kind = (match.group(1), match.group(2)) if match else ("", "")
         candidates = []
         for suite in sorted(self.releases):

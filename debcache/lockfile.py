@@ -88,7 +88,7 @@ def _lockfile_entry(raw: object, number: int, bad: Callable[[str], InvalidLockfi
     if not isinstance(raw, dict):
         raise bad(f"entry {number} is not an object")
     upstream, path, sha256, size = (raw.get(k) for k in ("upstream", "path", "sha256", "size"))
-    if not isinstance(upstream, str) or not NAME_PATTERN.match(upstream):
+    if not isinstance(upstream, str) or not NAME_PATTERN.fullmatch(upstream):
         raise bad(f"entry {number} has no valid upstream name")
     if not isinstance(path, str):
         raise bad(f"entry {number} has no path")
@@ -97,7 +97,7 @@ def _lockfile_entry(raw: object, number: int, bad: Callable[[str], InvalidLockfi
             raise InvalidArchivePath("encoded")
     except InvalidArchivePath:
         raise bad(f"entry {number} has an unsafe path {path!r}") from None
-    if not isinstance(sha256, str) or not SHA256_PATTERN.match(sha256):
+    if not isinstance(sha256, str) or not SHA256_PATTERN.fullmatch(sha256):
         raise bad(f"entry {number} has no valid sha256")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise bad(f"entry {number} has no valid size")

@@ -22,11 +22,11 @@ from .errors import InvalidCredentials, InvalidName, UnknownRecording
 from .manifest import near_matches
 from .metrics import Metrics
 
-RECORDING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+RECORDING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 def check_recording_name(name: str) -> str:
-    if not RECORDING_NAME.match(name):
+    if not RECORDING_NAME.fullmatch(name):
         raise InvalidName(
             f"{name!r} is not a valid recording name",
             "use up to 128 letters, digits, '.', '_', '+' and '-', starting with a letter or digit",

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 HASH_CHUNK = 1024 * 1024
 
 
@@ -54,7 +54,7 @@ class FileStore:
         return self
 
     def local_path(self, sha256: str) -> Path:
-        if not SHA256_PATTERN.match(sha256):
+        if not SHA256_PATTERN.fullmatch(sha256):
             raise ValueError(f"not a sha256 digest: {sha256!r}")
         return self.blobs / sha256[:2] / sha256
 
@@ -134,5 +134,5 @@ class FileStore:
         """Every blob's digest."""
         for prefix in self.blobs.iterdir():
             for blob in prefix.iterdir():
-                if SHA256_PATTERN.match(blob.name):
+                if SHA256_PATTERN.fullmatch(blob.name):
                     yield blob.name

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,8 @@ from ..manifest import load_manifest, resolve_manifest_id
 from ..recording import check_recordings_exist, recording_contents, recording_summaries
 from ..store import FileStore
 from .keys import CONFIG, MACHINE_NAMES, UPSTREAM
+
+log = logging.getLogger(__name__)
 
 
 def routes() -> list[web.RouteDef]:
@@ -68,13 +71,25 @@ async def check_may_change(request: web.Request) -> None:
     if _is_loopback(request.remote) and await _names_this_machine(request):
         return
     token = request.app[CONFIG].admin_token
-    offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if token and hmac.compare_digest(offered.encode(), token.encode()):
+    offered = _bearer_token(request.headers.get("Authorization", ""))
+    if token and offered is not None and hmac.compare_digest(offered.encode(), token.encode()):
         return
     raise ApiNotAllowed(
         "changes through the API need a loopback client or the admin token",
         "send Authorization: Bearer <[server] admin_token>, or run the CLI on the server",
     )
+
+
+def _bearer_token(authorization: str) -> str | None:
+    """The token of `Bearer TOKEN` (the scheme in any case, RFC 6750 2.1); else None.
+
+    A bare token is refused: accepting it would make the scheme optional, and a
+    credential meant for another scheme (Basic ...) must never count as the token.
+    """
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
 
 
 async def _names_this_machine(request: web.Request) -> bool:
@@ -113,6 +128,13 @@ async def _body(request: web.Request) -> dict:
         )
     try:
         document = await request.json()
+    except ConnectionError:
+        # The client hung up mid-body: its doing, not a fault of debcache. Nobody is
+        # left to read an answer; a line in the log is all it is worth.
+        log.info("%s hung up while sending the body of %s", request.remote, request.raw_path)
+        raise InvalidApiRequest(
+            "the request body was cut short", "send the whole body in one request"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise InvalidApiRequest(
             "the request body is not JSON", 'send e.g. {"manifest": "1a2b3c"}'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
@@ -17,7 +18,7 @@ from .. import db as queries
 from ..cache import LiveCache
 from ..config import Config
 from ..db import Database
-from ..errors import ConfigError, DebcacheError, UnsupportedMethod
+from ..errors import ApiNotAllowed, ConfigError, DebcacheError, UnsupportedMethod
 from ..inflight import Downloads
 from ..metrics import Metrics
 from ..pinned import PinnedFiles
@@ -27,6 +28,7 @@ from ..store import FileStore
 from ..upstream import UpstreamClient, create_session
 from . import admin, api
 from .errors import http_status
+from .http_log import http_logger
 from .keys import CACHE, CONFIG, DATABASE, FETCH_LOG, MACHINE_NAMES, METRICS, PINNED, UPSTREAM
 from .live import addressed_to_this_server, forwarded_upstream, is_absolute_form, serve_live
 from .machine_names import MachineNames
@@ -40,7 +42,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_app(config: Config) -> web.Application:
     """The debcache web application for `config`; services start with the app."""
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, forward_proxy_middleware]
+        middlewares=[
+            metrics_middleware,
+            error_middleware,
+            forward_proxy_middleware,
+            status_access_middleware,
+        ]
     )
     app[CONFIG] = config
     app.cleanup_ctx.append(services)
@@ -150,6 +157,38 @@ async def forward_proxy_middleware(request: web.Request, handler: Handler) -> we
     return await handler(request)
 
 
+def is_status_read(request: web.Request) -> bool:
+    """A read of the status page or the API: what `[server] status_from` restricts.
+
+    Mutations (POST /_/api/...) keep their own rule (loopback or the admin token);
+    /_/health, /_/metrics, the key and the mirrors stay open to every client.
+    """
+    path = request.path
+    reading = request.method in ("GET", "HEAD")
+    return reading and (path in ("/_/", "/_/api") or path.startswith("/_/api/"))
+
+
+def may_read_status(config: Config, remote: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    return any(address in network for network in config.status_from)
+
+
+@web.middleware
+async def status_access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The status page and the API answer the clients `[server] status_from` lists."""
+    config = request.app[CONFIG]
+    if is_status_read(request) and not may_read_status(config, request.remote):
+        raise ApiNotAllowed(
+            f"the status page and the API do not answer {request.remote} ([server] status_from)",
+            "ask the admin to add this address to status_from, or run `debcache status` "
+            "on the server",
+        )
+    return await handler(request)
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request: client, request, status, bytes sent, cache source, seconds.
 
@@ -237,6 +276,7 @@ async def run_server(
         access_log_class=AccessLogger,
         access_log=logging.getLogger("debcache.access"),
         handle_signals=False,
+        logger=http_logger(),  # a malformed request: one line, not a traceback
         shutdown_timeout=5,  # a client that stopped reading must not hold up a restart
     )
     await runner.setup()

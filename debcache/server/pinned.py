@@ -60,7 +60,7 @@ async def pinned_root(request: web.Request) -> web.Response:
 async def serve_manifest(request: web.Request) -> web.StreamResponse:
     """GET/HEAD /manifest/<id>/<upstream>/<path>: immutable."""
     manifest_id, upstream, path = _split(request, "manifest")
-    if not SHA256_PATTERN.match(manifest_id):
+    if not SHA256_PATTERN.fullmatch(manifest_id):
         raise InvalidManifestId(
             f"{manifest_id!r} is not a full manifest id", "use all 64 hex digits of the id"
         )
@@ -78,7 +78,7 @@ def _split(request: web.Request, prefix: str) -> tuple[str, str, str]:
             f"request /{prefix}/NAME/UPSTREAM/dists/SUITE/InRelease or the like",
         )
     upstream = unquote(parts[2])
-    if not NAME_PATTERN.match(upstream):
+    if not NAME_PATTERN.fullmatch(upstream):
         raise InvalidName(f"{upstream!r} is not an upstream name", "use the name from the config")
     return unquote(parts[1]), upstream, parse_archive_path(parts[3])
 
