@@ -33,7 +33,8 @@ from debcache.errors import (
     InvalidLockfile,
     InvalidName,
 )
-from debcache.manifest import LOCKFILE_FORMAT, Entry, manifest_id, parse_lockfile
+from debcache.lockfile import LOCKFILE_FORMAT, parse_lockfile
+from debcache.manifest import Entry, manifest_id
 from debcache.recording import check_recording_name, recording_from_credentials
 from debcache.store import FileStore
 
