@@ -327,7 +327,8 @@ class Database:
             if not future.done():
                 future.set_exception(self._unavailable())
         if rows:
-            self._journal_rows(rows)
+            with self._queueing:  # log_fetch may append too, now that `failure` is set
+                self._journal_rows(rows)
 
     def _journal_rows(self, rows: list[tuple]) -> None:
         """Rows the dead writer will never commit: on disk, replayed at the next start."""
