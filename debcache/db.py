@@ -38,6 +38,9 @@ MAX_BATCH = 512
 WRITE_RETRY_SECONDS = 60.0
 JOURNAL_NAME = "fetchlog-journal.jsonl"
 JOURNAL_RETRY_CAP = 2.0  # seconds between attempts to replay the journal, at most
+# Jobs and rows queued behind a group that meets a lock, at most: beyond, the group's
+# rows go to the journal now, and the queued ones after them (memory stays bounded).
+MAX_WAITING = 20_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cached (
@@ -348,8 +351,9 @@ class Database:
 
     def _write_until_closed(self) -> None:
         db = connect(self.path)
-        # Each attempt waits at most this long for a lock; the retries make up the rest.
-        db.conn.execute(f"PRAGMA busy_timeout = {int(min(self.retry_seconds, 30.0) * 1000)}")
+        # Each attempt waits at most this long for a lock; the retries make up the rest
+        # (and between them the writer sees how much is waiting).
+        db.conn.execute(f"PRAGMA busy_timeout = {int(min(self.retry_seconds, 5.0) * 1000)}")
         running = True
         while running:
             batch = self._next_batch()
@@ -397,7 +401,7 @@ class Database:
                 # wait and retry the whole group. When that takes too long, or for any
                 # other error, the jobs fail and the rows wait in the journal on disk.
                 left = deadline - time.monotonic()
-                if not is_transient(exc) or left <= 0:
+                if not is_transient(exc) or left <= 0 or self._jobs.qsize() > MAX_WAITING:
                     if rows:
                         log.warning(
                             "%d fetch-log rows wait in %s (%s); written when the database "
