@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import math
+import os
 import queue
 import re
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +33,14 @@ from .errors import DatabaseUnavailable
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 512
-BUSY_RETRIES = 8
+# How long the writer retries a group whose transaction meets a lock (a backup tool, an
+# operator's sqlite3) before its fetch-log rows go to the journal and its jobs fail.
+WRITE_RETRY_SECONDS = 60.0
+JOURNAL_NAME = "fetchlog-journal.jsonl"
+JOURNAL_RETRY_CAP = 2.0  # seconds between attempts to replay the journal, at most
+# Jobs and rows queued behind a group that meets a lock, at most: beyond, the group's
+# rows go to the journal now, and the queued ones after them (memory stays bounded).
+MAX_WAITING = 20_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cached (
@@ -127,6 +137,12 @@ CREATE TABLE IF NOT EXISTS absent_files (
     time REAL NOT NULL,
     PRIMARY KEY (upstream, path, sha256)
 );
+-- Fetch-log journals replayed (FetchJournal): a journal committed but not yet removed
+-- when the process died is not replayed twice.
+CREATE TABLE IF NOT EXISTS fetchlog_journals (
+    id TEXT PRIMARY KEY,
+    time REAL NOT NULL
+);
 """
 
 
@@ -201,8 +217,10 @@ def migrate(db: sqlite_utils.Database) -> None:
 class Database:
     """The server's access to debcache.db: one writer thread, thread-local readers."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, retry_seconds: float = WRITE_RETRY_SECONDS) -> None:
         self.path = path
+        self.retry_seconds = retry_seconds
+        self.journal = FetchJournal(path.with_name(JOURNAL_NAME))
         self._jobs: queue.SimpleQueue[tuple[Callable, tuple, Future] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
         # Set once when the writer thread dies; under _queueing, so that no job is queued
@@ -216,6 +234,12 @@ class Database:
 
     def open(self) -> Database:
         create_schema(self.path)
+        if self.journal.pending():  # a process died with rows on disk: replay them first
+            db = connect(self.path)
+            try:
+                self.journal.replay(db)
+            finally:
+                db.conn.close()
         self._writer.start()
         return self
 
@@ -247,10 +271,12 @@ class Database:
         """Queue a fetch-log row (values in FETCH_COLUMNS order); no result to wait for.
 
         The hot path: one per request, so no Future and no savepoint of its own, one
-        executemany for all the rows of a group. Dropped when the writer has died
-        (/_/health says so).
+        executemany for all the rows of a group. When the writer has died (/_/health
+        says so), it goes to the journal, replayed at the next start.
         """
-        self._put(FetchRow(row))
+        if not self._put(FetchRow(row)):
+            with self._queueing:  # the writer no longer appends: the callers take turns
+                self._journal_rows([row])
 
     def _put(self, job: Any) -> bool:
         """Queue a job for a live writer; False when it has died."""
@@ -290,21 +316,31 @@ class Database:
         failure.__cause__ = cause
         with self._queueing:
             self.failure = failure
-        lost = 0
+        rows = []
         while True:
             try:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 break
             if isinstance(job, FetchRow):
-                lost += 1
+                rows.append(job)
             elif job is not None and job[2].set_running_or_notify_cancel():
                 job[2].set_exception(self._unavailable())
         for future in self._in_progress:
             if not future.done():
                 future.set_exception(self._unavailable())
-        if lost:
-            log.error("lost %d fetch-log rows: the database writer stopped", lost)
+        if rows:
+            with self._queueing:  # log_fetch may append too, now that `failure` is set
+                self._journal_rows(rows)
+
+    def _journal_rows(self, rows: list[tuple]) -> None:
+        """Rows the dead writer will never commit: on disk, replayed at the next start."""
+        try:
+            self.journal.append(rows)
+        except OSError as exc:
+            log.error("lost %d fetch-log rows: %s", len(rows), exc)
+            return
+        log.error("%d fetch-log rows wait in %s for the next start", len(rows), self.journal.path)
 
     def _unavailable(self) -> DatabaseUnavailable:
         """A fresh copy of `failure` for one caller (a raise extends its traceback)."""
@@ -315,42 +351,71 @@ class Database:
 
     def _write_until_closed(self) -> None:
         db = connect(self.path)
+        # Each attempt waits at most this long for a lock; the retries make up the rest
+        # (and between them the writer sees how much is waiting).
+        db.conn.execute(f"PRAGMA busy_timeout = {int(min(self.retry_seconds, 5.0) * 1000)}")
         running = True
         while running:
-            batch = [self._jobs.get()]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._jobs.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._next_batch()
             if None in batch:
                 running = False
                 batch = [job for job in batch if job is not None]
+            if self.journal.due() or (not running and self.journal.pending()):
+                self.journal.replay(db)
             rows = [job for job in batch if isinstance(job, FetchRow)]
             jobs = [job for job in batch if not isinstance(job, FetchRow)]
+            if rows and self.journal.pending():  # behind the journal's, in order
+                self.journal.append(rows)
+                rows = []
             self._in_progress = [future for _, _, future in jobs]
             self._run_batch(db, jobs, rows)
             self._in_progress = []
         db.conn.close()
+
+    def _next_batch(self) -> list:
+        """The next group of jobs; empty when the journal is due for a replay first."""
+        try:
+            batch = [self._jobs.get(timeout=self.journal.wait())]
+        except queue.Empty:
+            return []
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        return batch
 
     def _run_batch(self, db: sqlite_utils.Database, batch: list, rows: list[tuple]) -> None:
         # A future cancelled meanwhile (its awaiter went away at shutdown) is skipped.
         batch = [job for job in batch if job[2].set_running_or_notify_cancel()]
         if not batch and not rows:
             return
-        for attempt in range(BUSY_RETRIES):
+        deadline = time.monotonic() + self.retry_seconds
+        attempt = 0
+        while True:
             try:
                 results = self._run_in_one_transaction(db, batch, rows)
                 break
             except sqlite3.Error as exc:
-                # Busy or locked past the busy timeout (a long CLI transaction): wait and
-                # retry the whole group rather than lose rows. Anything else fails now.
-                if not is_transient(exc) or attempt == BUSY_RETRIES - 1:
-                    log.error("lost %d fetch-log rows: %s", len(rows), exc)
+                # Busy or locked past the busy timeout (a long CLI transaction, a backup):
+                # wait and retry the whole group. When that takes too long, or for any
+                # other error, the jobs fail and the rows wait in the journal on disk.
+                left = deadline - time.monotonic()
+                if not is_transient(exc) or left <= 0 or self._jobs.qsize() > MAX_WAITING:
+                    if rows:
+                        log.warning(
+                            "%d fetch-log rows wait in %s (%s); written when the database "
+                            "takes writes again",
+                            len(rows),
+                            self.journal.path,
+                            exc,
+                        )
+                        self.journal.append(rows)
                     results = [(future, None, exc) for _, _, future in batch]
                     break
                 log.warning("database write failed (%s), attempt %d", exc, attempt + 1)
-                time.sleep(min(0.1 * 2**attempt, 5.0))
+                time.sleep(min(0.1 * 2**attempt, 5.0, left))
+                attempt += 1
         for future, result, error in results:
             if error is None:
                 future.set_result(result)
@@ -394,6 +459,104 @@ def _insert_fetch_rows(db: sqlite_utils.Database, rows: list[tuple]) -> None:
             if is_transient(exc):
                 raise
             log.error("lost a fetch-log row (%s): %r", exc, row)
+
+
+class FetchJournal:
+    """Fetch-log rows the database would not take (locked for longer than the writer's
+    retries), one JSON list a line after a header line with the journal's id; appended
+    and fsynced by the writer thread, replayed in order when the database takes writes.
+
+    The replay commits the rows and the journal's id in one transaction, so a process
+    killed after that commit and before the file is removed replays nothing twice.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pending = path.exists()  # the writer thread's alone once it runs: no stat
+        self._next_try = 0.0  # monotonic time of the next replay attempt
+        self._backoff = 0.1
+
+    def pending(self) -> bool:
+        return self._pending
+
+    def due(self) -> bool:
+        return self.pending() and time.monotonic() >= self._next_try
+
+    def wait(self) -> float | None:
+        """How long the writer may wait for a job before it should replay; None: for ever."""
+        if not self.pending():
+            return None
+        return max(0.0, self._next_try - time.monotonic())
+
+    def append(self, rows: list[tuple]) -> None:
+        new = not self.path.exists()
+        lines = [json.dumps({"journal": uuid.uuid4().hex})] if new else []
+        lines += [json.dumps(list(row)) for row in rows]
+        with open(self.path, "a", encoding="utf-8") as journal:
+            journal.write("".join(line + "\n" for line in lines))
+            journal.flush()
+            os.fsync(journal.fileno())
+        if new:  # its name must be durable too
+            _fsync_directory(self.path.parent)
+        self._pending = True
+
+    def replay(self, db: sqlite_utils.Database) -> bool:
+        """Write the journal's rows and remove it; False when the database is still locked."""
+        journal_id, rows = self._read()
+        busy_timeout = db.conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        db.conn.execute("PRAGMA busy_timeout = 100")  # the writer has new rows to journal
+        try:
+            with db.atomic():
+                done = (
+                    journal_id is not None
+                    and db.conn.execute(
+                        "SELECT 1 FROM fetchlog_journals WHERE id = ?", (journal_id,)
+                    ).fetchone()
+                )
+                if not done:
+                    _insert_fetch_rows(db, rows)
+                    if journal_id is not None:
+                        db.conn.execute(
+                            "INSERT INTO fetchlog_journals (id, time) VALUES (?, ?)",
+                            (journal_id, time.time()),
+                        )
+        except sqlite3.Error as exc:
+            self._backoff = min(self._backoff * 2, JOURNAL_RETRY_CAP)
+            self._next_try = time.monotonic() + self._backoff
+            log.warning("%d fetch-log rows still wait in %s (%s)", len(rows), self.path, exc)
+            return False
+        finally:
+            db.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout)}")
+        self.path.unlink()
+        _fsync_directory(self.path.parent)
+        self._pending = False
+        self._backoff, self._next_try = 0.1, 0.0
+        log.warning("wrote %d fetch-log rows from %s", len(rows), self.path)
+        return True
+
+    def _read(self) -> tuple[str | None, list[tuple]]:
+        """The journal's id and rows; a torn last line (a crash mid-append) is skipped."""
+        journal_id, rows = None, []
+        with open(self.path, encoding="utf-8") as journal:
+            for number, line in enumerate(journal):
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError:
+                    log.warning("%s: line %d is torn; skipped", self.path, number + 1)
+                    continue
+                if number == 0 and isinstance(value, dict):
+                    journal_id = str(value.get("journal"))
+                elif isinstance(value, list):
+                    rows.append(tuple(value))
+        return journal_id, rows
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class FetchRow(tuple):

@@ -268,12 +268,9 @@ class Freezer:
             return False
         self.add(Entry(upstream.name, f"dists/{suite}/Release", *release))
         self.add(Entry(upstream.name, path, *inrelease))
-        info = parse_release(text)
-        self.releases[f"{upstream.name} {suite}"] = {
-            "date": info.date,
-            "sha256": inrelease[0],
-            "valid_until": info.valid_until,
-        }
+        self.releases[f"{upstream.name} {suite}"] = release_summary(
+            parse_release(text), inrelease[0]
+        )
         return True
 
     def _plan_suite(
@@ -295,11 +292,7 @@ class Freezer:
         info, release_files, sha256 = release
         for path, (digest, size) in release_files.items():
             self.add(Entry(upstream.name, path, digest, size))
-        self.releases[f"{upstream.name} {suite}"] = {
-            "date": info.date,
-            "sha256": sha256,
-            "valid_until": info.valid_until,
-        }
+        self.releases[f"{upstream.name} {suite}"] = release_summary(info, sha256)
         named = {p.path for p in self.problems if p.upstream == upstream.name}
         for path, (digest, size) in recorded.items():
             if path in release_files:
@@ -895,6 +888,13 @@ class PackagesListings:
                     self.upstream.name, f"dists/{suite}/{entry.name}", entry.sha256, entry.size
                 )
         return None
+
+
+def release_summary(info: ReleaseInfo, sha256: str) -> dict:
+    """What a manifest keeps of a suite's verified Release (`Manifest.releases`): the
+    pinned routes list its suites and warn when it has expired. `sha256`: the InRelease's,
+    else the Release's."""
+    return {"date": info.date, "sha256": sha256, "valid_until": info.valid_until}
 
 
 def plan_manifest(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import signal
@@ -17,7 +18,7 @@ from aiohttp.abc import AbstractAccessLogger
 from .. import db as queries
 from ..cache import LiveCache
 from ..config import Config
-from ..db import Database
+from ..db import WRITE_RETRY_SECONDS, Database
 from ..errors import ApiNotAllowed, ConfigError, DebcacheError, UnsupportedMethod
 from ..inflight import Downloads
 from ..metrics import Metrics
@@ -39,8 +40,11 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(config: Config) -> web.Application:
-    """The debcache web application for `config`; services start with the app."""
+def create_app(config: Config, write_retry_seconds: float = WRITE_RETRY_SECONDS) -> web.Application:
+    """The debcache web application for `config`; services start with the app.
+
+    write_retry_seconds: how long the database writer retries a locked database before
+    fetch-log rows wait in its journal (tests make it short)."""
     app = web.Application(
         middlewares=[
             metrics_middleware,
@@ -50,7 +54,7 @@ def create_app(config: Config) -> web.Application:
         ]
     )
     app[CONFIG] = config
-    app.cleanup_ctx.append(services)
+    app.cleanup_ctx.append(functools.partial(services, write_retry_seconds=write_retry_seconds))
     app.router.add_get("/", admin.front_page)
     app.router.add_get("/_/", admin.status_page)
     app.router.add_get("/_/health", admin.health)
@@ -74,14 +78,16 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
-async def services(app: web.Application) -> AsyncIterator[None]:
+async def services(
+    app: web.Application, write_retry_seconds: float = WRITE_RETRY_SECONDS
+) -> AsyncIterator[None]:
     """Open the store, the database and the upstream session; close them on shutdown."""
     config = app[CONFIG]
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if any(branch.resign for branch in config.branches.values()):
         await asyncio.to_thread(ensure_key, config.data_dir)  # fails now if gpg is missing
     store = FileStore(config.data_dir).open()
-    database = Database(config.data_dir / "debcache.db").open()
+    database = Database(config.data_dir / "debcache.db", write_retry_seconds).open()
     session = create_session()
     downloads = Downloads(store)
     metrics = Metrics()
