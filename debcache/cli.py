@@ -1003,10 +1003,19 @@ def verify_command(config: Config, as_json: bool) -> None:
     else:
         click.echo(
             f"Checked {report.checked} blobs: {len(report.corrupt)} corrupt "
-            f"(moved to {config.data_dir / 'quarantine'}), {len(report.refetched)} fetched again."
+            f"(moved to {config.data_dir / 'quarantine'}), {len(report.missing)} of branches "
+            f"missing, {len(report.refetched)} fetched again."
         )
         for sha256 in report.lost:
-            click.echo(f"  lost: {sha256} (no upstream has it; import its manifest --from a peer)")
+            click.echo(f"  lost: {sha256} (no upstream has it)")
+        for branch, lost in report.broken_branches.items():
+            click.echo(f"  branch {branch} cannot serve {len(lost)} file(s) until repaired")
+        if report.lost:
+            click.echo(
+                "Repair: run `debcache verify` again once an upstream has them, or take them "
+                "from another debcache: `debcache manifests export MANIFEST > LOCK && "
+                "debcache manifests import LOCK --from http://OTHER:3142`."
+            )
     if report.lost:
         sys.exit(1)
 
