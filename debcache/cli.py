@@ -992,7 +992,8 @@ def gc_command(config: Config, max_size: str, dry_run: bool, as_json: bool) -> N
 @json_option
 @pass_config
 def verify_command(config: Config, as_json: bool) -> None:
-    """Re-hash the store; quarantine corrupt blobs and fetch them again where possible."""
+    """Re-hash the store and check every blob branches reference; quarantine corrupt blobs
+    and fetch corrupt or missing ones again where possible; exit 1 while one is lost."""
     database, store = open_state(config, any_thread=True)
     with growing_progress_bar(0, "Hashing") as (progress, more_work):
         report = with_upstream_client(
