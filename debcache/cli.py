@@ -993,7 +993,8 @@ def gc_command(config: Config, max_size: str, dry_run: bool, as_json: bool) -> N
 @json_option
 @pass_config
 def verify_command(config: Config, as_json: bool) -> None:
-    """Re-hash the store; quarantine corrupt blobs and fetch them again where possible."""
+    """Re-hash the store and check every blob branches reference; quarantine corrupt blobs
+    and fetch corrupt or missing ones again where possible; exit 1 while one is lost."""
     database, store = open_state(config, any_thread=True)
     with growing_progress_bar(0, "Hashing") as (progress, more_work):
         report = with_upstream_client(
@@ -1004,10 +1005,19 @@ def verify_command(config: Config, as_json: bool) -> None:
     else:
         click.echo(
             f"Checked {report.checked} blobs: {len(report.corrupt)} corrupt "
-            f"(moved to {config.data_dir / 'quarantine'}), {len(report.refetched)} fetched again."
+            f"(moved to {config.data_dir / 'quarantine'}), {len(report.missing)} of branches "
+            f"missing, {len(report.refetched)} fetched again."
         )
         for sha256 in report.lost:
-            click.echo(f"  lost: {sha256} (no upstream has it; import its manifest --from a peer)")
+            click.echo(f"  lost: {sha256} (no upstream has it)")
+        for branch, lost in report.broken_branches.items():
+            click.echo(f"  branch {branch} cannot serve {len(lost)} file(s) until repaired")
+        if report.lost:
+            click.echo(
+                "Repair: run `debcache verify` again once an upstream has them, or take them "
+                "from another debcache: `debcache manifests export MANIFEST > LOCK && "
+                "debcache manifests import LOCK --from http://OTHER:3142`."
+            )
     if report.lost:
         sys.exit(1)
 

@@ -148,7 +148,11 @@ class NotInManifest(DebcacheError):
 
 
 class BlobGone(DebcacheError):
-    """A blob that left the store (gc) between finding it and opening it."""
+    """A blob that left the store (gc, quarantine) between finding it and opening it."""
+
+
+class CorruptBlob(BlobGone):
+    """A stored blob whose size or hash is not its own: quarantined, never served."""
 
 
 # --- refusals --------------------------------------------------------------------

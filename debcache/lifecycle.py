@@ -7,7 +7,6 @@ working offline. Everything else is a cache, least recently used first.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -72,8 +71,11 @@ def _collect_garbage(
 class VerifyReport:
     checked: int = 0
     corrupt: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # referenced by a branch, not stored
     refetched: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    # Branches that serve (or may roll back to) a lost blob: broken until repaired.
+    broken_branches: dict[str, list[str]] = field(default_factory=dict)
 
 
 def verify_store(
@@ -84,32 +86,56 @@ def verify_store(
     progress: Callable[[int], None] | None = None,
     more_work: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Re-hash every blob; quarantine the corrupt ones and fetch them again where possible.
+    """Re-hash every blob; quarantine the corrupt ones, check that every blob a branch
+    (or its history gc keeps) references is there, and fetch back what is not.
 
     more_work(n): n blobs to hash; progress(n): n more hashed. Runs on a worker thread;
     `client` downloads on its event loop.
     """
     report = VerifyReport()
-    quarantine = config.data_dir / "quarantine"
     blobs = list(store.iterate())
     if more_work:
         more_work(len(blobs))
     for sha256 in blobs:
-        blob = store.local_path(sha256)
         report.checked += 1
-        if file_sha256(blob) != sha256:
-            quarantine.mkdir(exist_ok=True)
-            shutil.move(blob, quarantine / sha256)
+        if file_sha256(store.local_path(sha256)) != sha256:
+            store.move_to_quarantine(sha256)
             report.corrupt.append(sha256)
         if progress:
             progress(1)
-    sources = {sha256: _upstream_paths(config, db, sha256) for sha256 in report.corrupt}
+    referenced = _branch_blobs(db)
+    report.missing = sorted(
+        sha256 for sha256 in referenced if sha256 not in report.corrupt and not store.has(sha256)
+    )
+    wanted = report.corrupt + report.missing
+    sources = {sha256: _upstream_paths(config, db, sha256) for sha256 in wanted}
     if sources:
         refetches = (_refetch(client, store, *item) for item in sources.items())
         fetched = client.wait_for(client.bounded(refetches))
         for sha256, ok in zip(sources, fetched, strict=True):
             (report.refetched if ok else report.lost).append(sha256)
+    for sha256 in report.lost:
+        for branch in sorted(referenced.get(sha256, ())):
+            report.broken_branches.setdefault(branch, []).append(sha256)
     return report
+
+
+def _branch_blobs(db: sqlite_utils.Database) -> dict[str, set[str]]:
+    """sha256 → the branches whose manifest, previous manifest or recent history (what gc
+    keeps: PROTECTED_HISTORY changes) lists it."""
+    entries: dict[str, set[str]] = {}  # manifest → its blobs, read once each
+    referenced: dict[str, set[str]] = {}
+    for row in queries.branch_rows(db):
+        branch = row["name"]
+        history = queries.branch_history(db, branch, PROTECTED_HISTORY)
+        manifests = {row["manifest_id"], row["previous_id"], *(h["manifest_id"] for h in history)}
+        for manifest_id in manifests - {None}:
+            if manifest_id not in entries:
+                rows = queries.manifest_entries(db, manifest_id)
+                entries[manifest_id] = {entry["sha256"] for entry in rows}
+            for sha256 in entries[manifest_id]:
+                referenced.setdefault(sha256, set()).add(branch)
+    return referenced
 
 
 def _upstream_paths(

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,10 @@ class FileStore:
     def __init__(self, data_dir: Path) -> None:
         self.blobs = data_dir / "blobs" / "sha256"
         self.tmp = data_dir / "tmp"
+        self.quarantine = data_dir / "quarantine"
+        # Blobs hashed since this process started: what it committed (hashed while
+        # writing) and what it hashed before serving it the first time.
+        self.verified: set[str] = set()
 
     def open(self) -> FileStore:
         """Create the directories and remove partial downloads left by a crash.
@@ -79,6 +84,7 @@ class FileStore:
         final.parent.mkdir(exist_ok=True)
         os.chmod(temp, 0o644)
         os.replace(temp, final)
+        self.verified.add(sha256)  # the caller hashed it while writing
         return final
 
     def put(self, content: bytes) -> tuple[str, Path]:
@@ -113,6 +119,20 @@ class FileStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def move_to_quarantine(self, sha256: str, inode: int | None = None) -> bool:
+        """Move a corrupt blob to `<data>/quarantine/`; False if it is gone already, or if
+        `inode` is given and the blob's name holds another file by now (a good copy)."""
+        blob = self.local_path(sha256)
+        try:
+            if inode is not None and blob.stat().st_ino != inode:
+                return False
+            self.quarantine.mkdir(exist_ok=True)
+            shutil.move(blob, self.quarantine / sha256)
+        except FileNotFoundError:
+            return False
+        self.verified.discard(sha256)
+        return True
 
     def delete(self, sha256: str) -> None:
         self.local_path(sha256).unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from ..config import Config
 from ..db import WRITE_RETRY_SECONDS, Database
 from ..errors import ApiNotAllowed, ConfigError, DebcacheError, UnsupportedMethod
 from ..inflight import Downloads
+from ..integrity import CheckedBlobs
 from ..metrics import Metrics
 from ..pinned import PinnedFiles
 from ..recording import FetchLog
@@ -30,7 +31,17 @@ from ..upstream import UpstreamClient, create_session
 from . import admin, api
 from .errors import http_status
 from .http_log import http_logger
-from .keys import CACHE, CONFIG, DATABASE, FETCH_LOG, MACHINE_NAMES, METRICS, PINNED, UPSTREAM
+from .keys import (
+    BLOBS,
+    CACHE,
+    CONFIG,
+    DATABASE,
+    FETCH_LOG,
+    MACHINE_NAMES,
+    METRICS,
+    PINNED,
+    UPSTREAM,
+)
 from .live import addressed_to_this_server, forwarded_upstream, is_absolute_form, serve_live
 from .machine_names import MachineNames
 from .pinned import pinned_root, serve_manifest, serve_pinned
@@ -98,12 +109,14 @@ async def services(
     pinned = PinnedFiles(config, database, store, client)
     app[CACHE], app[FETCH_LOG], app[PINNED] = cache, FetchLog(database, metrics), pinned
     app[METRICS], app[DATABASE], app[UPSTREAM] = metrics, database, client
+    app[BLOBS] = CheckedBlobs(store)
     app[MACHINE_NAMES] = MachineNames()
     app[MACHINE_NAMES].look_up()  # DNS: in a thread, before the first API change
     try:
         yield
     finally:
         await downloads.close()
+        await app[BLOBS].close()
         await pinned.close()  # its fills use the session, its re-signings the database
         await session.close()
         database.close()

@@ -32,7 +32,6 @@ HTTP_STATUS: dict[type[errors.DebcacheError], int] = {
     errors.UnknownDiffSide: 404,
     errors.NoEarlierManifest: 404,
     errors.NotInManifest: 404,
-    errors.BlobGone: 404,
     # A missing keyring leaves the re-signed Release unavailable, as if not there.
     errors.MissingKeyring: 404,
     # Refusals.
@@ -51,6 +50,9 @@ HTTP_STATUS: dict[type[errors.DebcacheError], int] = {
     errors.ImportFailed: 502,
     errors.DatabaseUnavailable: 503,
     errors.StoreUnavailable: 503,
+    # A blob a manifest holds but the store lost: `debcache verify` repairs it.
+    errors.BlobGone: 503,
+    errors.CorruptBlob: 503,
     errors.UnreadableIndex: 502,
 }
 

@@ -5,6 +5,7 @@ from aiohttp import web
 from ..cache import LiveCache
 from ..config import Config
 from ..db import Database
+from ..integrity import CheckedBlobs
 from ..metrics import Metrics
 from ..pinned import PinnedFiles
 from ..recording import FetchLog
@@ -19,3 +20,4 @@ METRICS = web.AppKey("metrics", Metrics)
 DATABASE = web.AppKey("database", Database)
 MACHINE_NAMES = web.AppKey("machine_names", MachineNames)
 UPSTREAM = web.AppKey("upstream", UpstreamClient)
+BLOBS = web.AppKey("blobs", CheckedBlobs)

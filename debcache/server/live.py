@@ -17,11 +17,17 @@ from aiohttp import HttpVersion11, web
 from ..archive import parse_archive_path
 from ..cache import FromStore, Outcome, PassedOn, Streaming
 from ..config import Config, Upstream
-from ..errors import DebcacheError, ForbiddenProxyHost, UnknownUpstream, UpstreamUnavailable
+from ..errors import (
+    BlobGone,
+    DebcacheError,
+    ForbiddenProxyHost,
+    UnknownUpstream,
+    UpstreamUnavailable,
+)
 from ..http_dates import http_date_timestamp
 from ..recording import FetchRecord, check_recording_name, recording_from_credentials
 from .errors import http_status
-from .keys import CACHE, CONFIG, FETCH_LOG
+from .keys import BLOBS, CACHE, CONFIG, FETCH_LOG
 from .responses import SOURCE_HEADER, archive_headers, send_blob
 
 log = logging.getLogger(__name__)
@@ -48,7 +54,13 @@ async def serve_live(request: web.Request) -> web.StreamResponse:
     )
     try:
         outcome = await cache.fetch(target.upstream, target.path)
-        return await respond(request, target, outcome, record)
+        try:
+            return await respond(request, target, outcome, record)
+        except BlobGone as exc:
+            # Quarantined (or evicted) before a byte went out: now a miss, fetched again.
+            log.warning("%s/%s: %s; fetching it again", target.upstream.name, target.path, exc)
+            outcome = await cache.fetch(target.upstream, target.path)
+            return await respond(request, target, outcome, record)
     except DebcacheError as exc:
         record.status = http_status(exc)
         raise
@@ -173,7 +185,8 @@ async def _send_blob(
     record.sha256, record.size = outcome.file.sha256, outcome.file.size
     file = outcome.file
     last_modified = http_date_timestamp(file.last_modified) or file.fetched_at
-    return await send_blob(request, outcome.blob, headers, record, last_modified)
+    blobs = request.app[BLOBS]
+    return await send_blob(request, blobs, file.sha256, file.size, headers, record, last_modified)
 
 
 async def _send_download(

@@ -19,7 +19,7 @@ from ..errors import DebcacheError, InvalidManifestId, InvalidName, UnknownPage
 from ..pinned import PinnedFile
 from ..store import SHA256_PATTERN
 from .errors import http_status
-from .keys import FETCH_LOG, PINNED
+from .keys import BLOBS, FETCH_LOG, PINNED
 from .responses import IMMUTABLE, archive_headers, send_blob
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,10 @@ async def _serve(
             quoted = found.warning.replace("\\", "\\\\").replace('"', '\\"')
             headers["Warning"] = f'199 debcache "{quoted}"'
 
-        blob = request.app[PINNED].store.local_path(found.sha256)
-        return await send_blob(request, blob, headers, record, found.last_modified)
+        blobs = request.app[BLOBS]
+        return await send_blob(
+            request, blobs, found.sha256, found.size, headers, record, found.last_modified
+        )
     except DebcacheError as exc:
         record.status = http_status(exc)
         raise

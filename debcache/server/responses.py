@@ -12,14 +12,13 @@ import asyncio
 import logging
 import os
 import re
-from pathlib import Path
 from typing import BinaryIO
 
 from aiohttp import web
 
 from ..archive import classify_path, content_type_for
-from ..errors import BlobGone
 from ..http_dates import http_seconds
+from ..integrity import CheckedBlobs
 from ..recording import FetchRecord
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,9 @@ def archive_headers(path: str, source: str, cache_control: str | None = None) ->
 
 async def send_blob(
     request: web.Request,
-    blob: Path,
+    blobs: CheckedBlobs,
+    sha256: str,
+    size: int | None,
     headers: dict[str, str],
     record: FetchRecord,
     last_modified: float,
@@ -52,9 +53,9 @@ async def send_blob(
     Not aiohttp's FileResponse: that opens and stats every file through the thread
     pool and sendfiles even a few kilobytes, which cost hits most of their CPU.
     Opening a blob is a page-cache lookup; small ones go out in one write with
-    their headers, large ones with sendfile.
+    their headers, large ones with sendfile. `blobs` checks the size (`size`, if
+    known) and, once per start, the hash before a byte goes out (CorruptBlob).
     """
-    sha256 = blob.name
     if _not_modified(request, last_modified, sha256):
         response = web.StreamResponse(status=304, headers=headers)
         response.last_modified, response.etag = last_modified, sha256
@@ -62,10 +63,7 @@ async def send_blob(
         await response.write_eof()
         record.status, record.complete = 304, True
         return response
-    try:
-        blob_file = open(blob, "rb")  # noqa: SIM115 (closed below, after sendfile)
-    except FileNotFoundError:
-        raise BlobGone(f"{sha256} left the store meanwhile (gc?)", "retry the request") from None
+    blob_file = await blobs.open(sha256, size)  # closed below, after sendfile
     with blob_file:
         size = os.fstat(blob_file.fileno()).st_size
         span = _byte_range(request, size, last_modified, sha256)
@@ -84,7 +82,7 @@ async def send_blob(
             return response  # the client hung up; logged as incomplete
         except Exception:
             # Headers may be out already: never let a second response follow them.
-            log.exception("sending %s failed", blob)
+            log.exception("sending blob %s failed", sha256)
             if request.transport is not None:
                 request.transport.close()
             return response
