@@ -54,10 +54,19 @@ class CompletedBody:
 class Download:
     """One upstream body on its way into the store, readable while it arrives."""
 
-    def __init__(self, key: tuple[str, str], response: aiohttp.ClientResponse, temp: Path) -> None:
+    def __init__(
+        self,
+        key: tuple[str, str],
+        response: aiohttp.ClientResponse,
+        temp: Path,
+        max_size: int,
+        deadline: float,
+    ) -> None:
         self.key = key
         self.response = response
         self.temp = temp
+        self.max_size = max_size  # for a body no index gives the size of
+        self.deadline = deadline
         self.content_length = response.content_length
         self.last_modified = response.headers.get("Last-Modified")
         self.etag = response.headers.get("ETag")
@@ -76,12 +85,23 @@ class Download:
         expected: Awaitable[ExpectedContent | None],
         commit: Callable[[CompletedBody], Path],
     ) -> None:
-        """Stream the response into the temp file, verify it, hand it to `commit`."""
+        """Stream the response into the temp file, verify it, hand it to `commit`.
+
+        The body stops at the size the index gives (else `max_size`) plus one byte and
+        after `deadline` seconds: an endless or dripping body costs bounded disk and time.
+        """
         hasher = hashlib.sha256()
         try:
             # Unbuffered: readers pread the file, so every chunk must reach the kernel.
-            async with aiofiles.open(self.temp, "wb", buffering=0) as out:
+            async with (
+                asyncio.timeout(self.deadline),
+                aiofiles.open(self.temp, "wb", buffering=0) as out,
+            ):
                 async for chunk in self.response.content.iter_chunked(CHUNK_SIZE):
+                    limit = self._size_limit(expected)
+                    if self.written + len(chunk) > limit:
+                        await out.write(chunk[: limit + 1 - self.written])
+                        raise self._too_large(limit)
                     hasher.update(chunk)
                     view = memoryview(chunk)
                     while view:
@@ -120,6 +140,25 @@ class Download:
                 log.warning("download of %s/%s failed: %s", *self.key, self.error)
             self.finished.set()
             self._wake_readers()
+
+    def _size_limit(self, expected: Awaitable[ExpectedContent | None]) -> int:
+        """The most bytes this body may have: what the index says once it is looked up,
+        else the Content-Length, else `max_size`."""
+        if isinstance(expected, asyncio.Future) and expected.done() and not expected.cancelled():
+            listed = expected.result() if expected.exception() is None else None
+            if listed is not None and listed.size is not None:
+                return listed.size
+        if self.content_length is not None:
+            return min(self.content_length, self.max_size)
+        return self.max_size
+
+    def _too_large(self, limit: int) -> CorruptDownload:
+        upstream, path = self.key
+        return CorruptDownload(
+            f"{upstream}/{path}: the upstream sent more than the {limit} bytes expected",
+            "the mirror is broken or hostile; nothing was cached "
+            f"(for a larger file raise [upstreams.{upstream}] max_file_size)",
+        )
 
     def _discard_temp(self) -> None:
         # Must not raise: readers wait for `finished`, which is set after this.
