@@ -23,6 +23,8 @@ from processes import wait_until
 from test_command_line import cli_env
 
 from debcache.cli import cli
+from debcache.config import load_config
+from debcache.errors import ConfigError
 from debcache.lockfile import LOCKFILE_FORMAT
 from debcache.manifest import Entry, manifest_id
 from debcache.upstream import MAX_REDIRECTS
@@ -225,3 +227,35 @@ def test_an_import_from_a_peer_follows_no_redirect_off_the_peer(tmp_path: Path) 
         )
         assert result.exit_code == 1 and "refused" in result.output
         assert secret.requests == []
+
+
+# --- the settings ---------------------------------------------------------------------
+
+
+def test_redirect_hosts_max_file_size_and_deadline_are_read_and_checked(tmp_path: Path) -> None:
+    head = '[upstreams.debian]\nurls = ["http://mirror.example.org/debian"]\n'
+    path = tmp_path / "debcache.toml"
+    path.write_text(head)
+    default = load_config(path).upstreams["debian"]
+    assert (default.redirect_hosts, default.max_file_size, default.deadline) == (
+        (),
+        4 * 10**9,
+        3600,
+    )
+    path.write_text(
+        head
+        + 'redirect_hosts = ["CDN.example.org:8080"]\nmax_file_size = "512M"\ndeadline = "20m"\n'
+    )
+    upstream = load_config(path).upstreams["debian"]
+    assert upstream.redirect_hosts == ("cdn.example.org:8080",)
+    assert (upstream.max_file_size, upstream.deadline) == (512 * 10**6, 1200)
+    for bad, key in [
+        ('redirect_hosts = ["http://cdn"]', "redirect_hosts"),
+        ('max_file_size = "lots"', "max_file_size"),
+        ("max_file_size = 0", "max_file_size"),
+        ('deadline = "soon"', "deadline"),
+        ("deadline = 0", "deadline"),
+    ]:
+        path.write_text(head + bad + "\n")
+        with pytest.raises(ConfigError, match=f"upstreams.debian.{key}"):
+            load_config(path)
