@@ -24,7 +24,13 @@ from typing import Generic, TypeVar
 import aiofiles
 import aiohttp
 
-from .errors import CorruptDownload, DebcacheError, StoreUnavailable, UpstreamUnavailable
+from .errors import (
+    CorruptDownload,
+    DebcacheError,
+    StoreUnavailable,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from .store import FileStore
 
 log = logging.getLogger(__name__)
@@ -91,10 +97,11 @@ class Download:
         after `deadline` seconds: an endless or dripping body costs bounded disk and time.
         """
         hasher = hashlib.sha256()
+        deadline = asyncio.timeout(self.deadline)
         try:
             # Unbuffered: readers pread the file, so every chunk must reach the kernel.
             async with (
-                asyncio.timeout(self.deadline),
+                deadline,
                 aiofiles.open(self.temp, "wb", buffering=0) as out,
             ):
                 async for chunk in self.response.content.iter_chunked(CHUNK_SIZE):
@@ -116,11 +123,7 @@ class Download:
             blob = commit(body)
             self.result = CompletedBody(**{**body.__dict__, "blob": blob})
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.error = UpstreamUnavailable(
-                f"the upstream connection broke after {self.written} bytes of {self.key[1]}: "
-                f"{exc or type(exc).__name__}",
-                "retry; the next request downloads the file again",
-            )
+            self.error = self._broken(exc, deadline.expired())
         except DebcacheError as exc:
             self.error = exc
         except OSError as exc:
@@ -141,6 +144,20 @@ class Download:
             self.finished.set()
             self._wake_readers()
 
+    def _broken(self, exc: BaseException, past_deadline: bool) -> UpstreamUnavailable:
+        upstream, path = self.key
+        if past_deadline:
+            return UpstreamTimeout(
+                f"the download of {path} took longer than its deadline of "
+                f"{self.deadline:g} s ({self.written} bytes)",
+                f"retry; for a slow mirror raise [upstreams.{upstream}] deadline",
+            )
+        return UpstreamUnavailable(
+            f"the upstream connection broke after {self.written} bytes of {path}: "
+            f"{exc or type(exc).__name__}",
+            "retry; the next request downloads the file again",
+        )
+
     def _size_limit(self, expected: Awaitable[ExpectedContent | None]) -> int:
         """The most bytes this body may have: what the index says once it is looked up,
         else the Content-Length, else `max_size`."""
@@ -154,10 +171,11 @@ class Download:
 
     def _too_large(self, limit: int) -> CorruptDownload:
         upstream, path = self.key
+        remedy = "the mirror is broken or hostile; nothing was cached"
+        if limit == self.max_size:  # no index gave the size: the cap did
+            remedy += f" (for a larger file raise [upstreams.{upstream}] max_file_size)"
         return CorruptDownload(
-            f"{upstream}/{path}: the upstream sent more than the {limit} bytes expected",
-            "the mirror is broken or hostile; nothing was cached "
-            f"(for a larger file raise [upstreams.{upstream}] max_file_size)",
+            f"{upstream}/{path}: the upstream sent more than the {limit} bytes expected", remedy
         )
 
     def _discard_temp(self) -> None:

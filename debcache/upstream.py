@@ -354,8 +354,9 @@ async def fetch_into_store(
     for url in urls:
         temp = store.create_temp()
         outcome = None  # stays None if cancelled before any answer
+        overall = asyncio.timeout(deadline)
         try:
-            async with asyncio.timeout(deadline):
+            async with overall:
                 response = await follow(session, url, may_follow, timeout=client_timeout)
                 async with response:
                     answered = True
@@ -382,7 +383,8 @@ async def fetch_into_store(
         except (aiohttp.ClientError, TimeoutError) as exc:
             absent = False
             outcome = outcome_of(exc)
-            failures.append(f"{url}: {describe_failure(exc)}")
+            why = f"took longer than {deadline:g} s" if overall.expired() else describe_failure(exc)
+            failures.append(f"{url}: {why}")
         finally:
             temp.unlink(missing_ok=True)
             if observe is not None and outcome is not None:

@@ -172,7 +172,7 @@ def test_an_endless_file_of_unknown_size_stops_at_max_file_size(
 
 
 def test_a_slow_drip_fails_at_the_deadline_and_leaves_no_partial(
-    tmp_path: Path, files: Path
+    tmp_path: Path, files: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with FakeMirror(files) as mirror:
         mirror.set_fault(f"/debian/{DEB}", Fault.slow(chunk=100, delay=0.2))
@@ -181,6 +181,7 @@ def test_a_slow_drip_fails_at_the_deadline_and_leaves_no_partial(
             reply = get(cache.url, f"/debian/{DEB}")
             assert reply.broken
             nothing_left(cache)
+            assert "took longer than its deadline of 0.5 s" in caplog.text
         finally:
             cache.stop()
 
