@@ -159,7 +159,9 @@ class LiveCache:
             expected.cancel()
             response.release()
             raise
-        download = Download((upstream.name, path), response, temp)
+        download = Download(
+            (upstream.name, path), response, temp, upstream.max_file_size, upstream.deadline
+        )
         return DownloadPlan(download, expected, partial(self._commit, upstream.name, path, temp))
 
     async def expected_content(self, upstream: str, path: str) -> ExpectedContent | None:

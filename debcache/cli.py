@@ -10,7 +10,6 @@ import functools
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sqlite3
@@ -32,6 +31,7 @@ from .config import (
     default_data_dir,
     load_config,
     parse_listen_address,
+    size_in_bytes,
     url_problem,
 )
 from .diff import diff, load_side
@@ -949,11 +949,10 @@ def status_command(config: Config, as_json: bool) -> None:
 
 
 def parse_size(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)i?[bB]?\s*", text)
-    if not match:
+    size = size_in_bytes(text)
+    if size is None:
         raise ConfigError(f"--max-size {text!r} is not a size", "write e.g. 50G, 800M or 0")
-    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}[match.group(2).lower()]
-    return int(float(match.group(1)) * scale)
+    return size
 
 
 @cli.command("gc")

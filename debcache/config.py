@@ -27,6 +27,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/debcache/debcache.toml")
 DEBIAN_ARCHIVE_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_COALESCE_WINDOW = 1.0
+DEFAULT_MAX_FILE_SIZE = 4 * 10**9  # an unknown-length body stops here (a DVD image fits)
+DEFAULT_DEADLINE = 3600.0  # seconds one download may take in all, however it trickles
 CONNECT_TIMEOUT = 10.0
 RESERVED_UPSTREAM_NAMES = frozenset({"record", "pin", "manifest", "_"})
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -61,6 +63,12 @@ class Upstream:
     # A volatile file validated this many seconds ago counts as validated for a new
     # request, so a herd arriving over a second makes one upstream request. 0: every one.
     coalesce_window: float = DEFAULT_COALESCE_WINDOW
+    # Hosts (HOST or HOST:PORT) a redirect may lead to besides the base URLs, e.g. a CDN.
+    redirect_hosts: tuple[str, ...] = ()
+    # A body whose size no index, Release or lockfile gives stops after this many bytes.
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    # Every download ends within this many seconds, however slowly the bytes drip.
+    deadline: float = DEFAULT_DEADLINE
 
 
 @dataclass(frozen=True)
@@ -296,9 +304,38 @@ def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
     window = section.get("coalesce_window", (int, float), DEFAULT_COALESCE_WINDOW)
     if not 0 <= window <= 60:
         raise section.error("coalesce_window", "must be 0 to 60 seconds", "e.g. 1; 0 is strict")
+    redirect_hosts = section.strings("redirect_hosts", [])
+    for host in redirect_hosts:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?", host):
+            raise section.error(
+                "redirect_hosts",
+                f"{host!r} is not HOST or HOST:PORT",
+                'write e.g. "cdn.mirror.example.org"',
+            )
+    written_size = section.get("max_file_size", (str, int), "4G")
+    max_file_size = size_in_bytes(str(written_size))
+    if not max_file_size:
+        raise section.error(
+            "max_file_size", f"{written_size!r} is not a positive size", 'write e.g. "4G" or "512M"'
+        )
+    deadline = parse_duration(
+        section, str(section.get("deadline", (str, int, float), "1h")), "deadline"
+    )
+    if deadline <= 0:
+        raise section.error("deadline", "must be positive", 'write e.g. "1h" or "20m"')
     section.reject_unknown()
     hosts = tuple(h.lower() for h in hosts)
-    return Upstream(name, urls, Path(keyring), hosts, float(timeout), float(window))
+    return Upstream(
+        name,
+        urls,
+        Path(keyring),
+        hosts,
+        float(timeout),
+        float(window),
+        tuple(h.lower() for h in redirect_hosts),
+        max_file_size,
+        deadline,
+    )
 
 
 def _parse_branch(source: Path, name: str, table: object) -> Branch:
@@ -314,14 +351,21 @@ def _parse_branch(source: Path, name: str, table: object) -> Branch:
     return Branch(name, str(fill), bool(resign), grace)
 
 
-def parse_duration(section: _Section, text: str) -> float:
+def parse_duration(section: _Section, text: str, key: str = "grace") -> float:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text.strip())
     if not match:
-        raise section.error(
-            "grace", f"{text!r} is not a duration", 'write e.g. "90s", "30m" or "1h"'
-        )
+        raise section.error(key, f"{text!r} is not a duration", 'write e.g. "90s", "30m" or "1h"')
     scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
     return float(match.group(1)) * scale
+
+
+def size_in_bytes(text: str) -> int | None:
+    """Bytes of a size as written, e.g. "4G", "512M", "800k", "1000"; None if it is none."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)i?[bB]?\s*", text)
+    if not match:
+        return None
+    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}[match.group(2).lower()]
+    return int(float(match.group(1)) * scale)
 
 
 NOT_HTTP = "is not an http:// or https:// URL"

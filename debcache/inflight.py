@@ -24,7 +24,13 @@ from typing import Generic, TypeVar
 import aiofiles
 import aiohttp
 
-from .errors import CorruptDownload, DebcacheError, StoreUnavailable, UpstreamUnavailable
+from .errors import (
+    CorruptDownload,
+    DebcacheError,
+    StoreUnavailable,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from .store import FileStore
 
 log = logging.getLogger(__name__)
@@ -54,10 +60,19 @@ class CompletedBody:
 class Download:
     """One upstream body on its way into the store, readable while it arrives."""
 
-    def __init__(self, key: tuple[str, str], response: aiohttp.ClientResponse, temp: Path) -> None:
+    def __init__(
+        self,
+        key: tuple[str, str],
+        response: aiohttp.ClientResponse,
+        temp: Path,
+        max_size: int,
+        deadline: float,
+    ) -> None:
         self.key = key
         self.response = response
         self.temp = temp
+        self.max_size = max_size  # for a body no index gives the size of
+        self.deadline = deadline
         self.content_length = response.content_length
         self.last_modified = response.headers.get("Last-Modified")
         self.etag = response.headers.get("ETag")
@@ -76,12 +91,24 @@ class Download:
         expected: Awaitable[ExpectedContent | None],
         commit: Callable[[CompletedBody], Path],
     ) -> None:
-        """Stream the response into the temp file, verify it, hand it to `commit`."""
+        """Stream the response into the temp file, verify it, hand it to `commit`.
+
+        The body stops at the size the index gives (else `max_size`) plus one byte and
+        after `deadline` seconds: an endless or dripping body costs bounded disk and time.
+        """
         hasher = hashlib.sha256()
+        deadline = asyncio.timeout(self.deadline)
         try:
             # Unbuffered: readers pread the file, so every chunk must reach the kernel.
-            async with aiofiles.open(self.temp, "wb", buffering=0) as out:
+            async with (
+                deadline,
+                aiofiles.open(self.temp, "wb", buffering=0) as out,
+            ):
                 async for chunk in self.response.content.iter_chunked(CHUNK_SIZE):
+                    limit = self._size_limit(expected)
+                    if self.written + len(chunk) > limit:
+                        await out.write(chunk[: limit + 1 - self.written])
+                        raise self._too_large(limit)
                     hasher.update(chunk)
                     view = memoryview(chunk)
                     while view:
@@ -96,11 +123,7 @@ class Download:
             blob = commit(body)
             self.result = CompletedBody(**{**body.__dict__, "blob": blob})
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.error = UpstreamUnavailable(
-                f"the upstream connection broke after {self.written} bytes of {self.key[1]}: "
-                f"{exc or type(exc).__name__}",
-                "retry; the next request downloads the file again",
-            )
+            self.error = self._broken(exc, deadline.expired())
         except DebcacheError as exc:
             self.error = exc
         except OSError as exc:
@@ -120,6 +143,40 @@ class Download:
                 log.warning("download of %s/%s failed: %s", *self.key, self.error)
             self.finished.set()
             self._wake_readers()
+
+    def _broken(self, exc: BaseException, past_deadline: bool) -> UpstreamUnavailable:
+        upstream, path = self.key
+        if past_deadline:
+            return UpstreamTimeout(
+                f"the download of {path} took longer than its deadline of "
+                f"{self.deadline:g} s ({self.written} bytes)",
+                f"retry; for a slow mirror raise [upstreams.{upstream}] deadline",
+            )
+        return UpstreamUnavailable(
+            f"the upstream connection broke after {self.written} bytes of {path}: "
+            f"{exc or type(exc).__name__}",
+            "retry; the next request downloads the file again",
+        )
+
+    def _size_limit(self, expected: Awaitable[ExpectedContent | None]) -> int:
+        """The most bytes this body may have: what the index says once it is looked up,
+        else the Content-Length, else `max_size`."""
+        if isinstance(expected, asyncio.Future) and expected.done() and not expected.cancelled():
+            listed = expected.result() if expected.exception() is None else None
+            if listed is not None and listed.size is not None:
+                return listed.size
+        if self.content_length is not None:
+            return min(self.content_length, self.max_size)
+        return self.max_size
+
+    def _too_large(self, limit: int) -> CorruptDownload:
+        upstream, path = self.key
+        remedy = "the mirror is broken or hostile; nothing was cached"
+        if limit == self.max_size:  # no index gave the size: the cap did
+            remedy += f" (for a larger file raise [upstreams.{upstream}] max_file_size)"
+        return CorruptDownload(
+            f"{upstream}/{path}: the upstream sent more than the {limit} bytes expected", remedy
+        )
 
     def _discard_temp(self) -> None:
         # Must not raise: readers wait for `finished`, which is set after this.

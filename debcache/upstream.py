@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import aiofiles
 import aiohttp
+from yarl import URL
 
 from . import __version__
 from .archive import upstream_url
@@ -32,6 +33,10 @@ FAILED_URL_PENALTY = 30.0  # seconds a failed base URL goes to the back of the q
 USER_AGENT = f"debcache/{__version__}"
 PARALLEL_DOWNLOADS = 8  # blobs one operation (freeze, import, verify) fetches at once
 PEER_TIMEOUT = 30.0  # seconds another debcache may stay silent (it has no config entry)
+PEER_DEADLINE = 3600.0  # seconds one blob from another debcache may take in all
+PEER_MAX_FILE_SIZE = 4 * 10**9  # a peer always knows the size; this only bounds a bad lockfile
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 T = TypeVar("T")
 
 
@@ -69,7 +74,8 @@ class UpstreamClient:
     ) -> aiohttp.ClientResponse:
         """The first non-5xx response, or the last 5xx one; raise if no URL answered.
 
-        The caller must release the response. Redirects are followed.
+        The caller must release the response. Redirects are followed only within the
+        upstream (`redirect_policy`); one that leads elsewhere is a failed attempt.
         """
         headers = self._request_headers(validators)
         timeout = aiohttp.ClientTimeout(
@@ -81,7 +87,13 @@ class UpstreamClient:
         for base in self._in_preferred_order(upstream.urls):
             url = upstream_url(base, path)
             try:
-                response = await self.session.get(url, headers=headers, timeout=timeout)
+                response = await follow(
+                    self.session,
+                    url,
+                    redirect_policy(upstream),
+                    headers=headers,
+                    timeout=timeout,
+                )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self._note(upstream, base, outcome_of(exc))
                 failures.append(f"{url}: {describe_failure(exc)}")
@@ -135,8 +147,18 @@ class UpstreamClient:
     ) -> DownloadFailure | None:
         """A blob from another debcache: not an upstream (no failover, no penalty, no
         metrics), but the same bounded, checked download."""
+        # A peer redirects only within itself: its site is the base the URL came from.
+        site = URL(url).with_path("/")
         outcome = await fetch_into_store(
-            self.session, [url], store, sha256=sha256, size=size, timeout=PEER_TIMEOUT
+            self.session,
+            [url],
+            store,
+            sha256=sha256,
+            size=size,
+            max_size=PEER_MAX_FILE_SIZE,
+            timeout=PEER_TIMEOUT,
+            deadline=PEER_DEADLINE,
+            may_follow=lambda target: within_base(target, site),
         )
         return outcome if isinstance(outcome, str) else None
 
@@ -148,11 +170,14 @@ class UpstreamClient:
         paths = [path] if isinstance(path, str) else path
         preferred = self._in_preferred_order(upstream.urls)
         bases = {upstream_url(base, name): base for name in paths for base in preferred}
+        checks.setdefault("max_size", upstream.max_file_size)
         return await fetch_into_store(
             self.session,
             list(bases),
             store,
             timeout=upstream.timeout,
+            deadline=upstream.deadline,
+            may_follow=redirect_policy(upstream),
             observe=lambda url, result: self._note(upstream, bases[url], result),
             **checks,
         )
@@ -210,6 +235,66 @@ class UpstreamClient:
         return headers
 
 
+class RefusedRedirect(aiohttp.ClientError):
+    """A redirect out of the upstream, or too many: the attempt failed, nothing is fetched."""
+
+
+def redirect_policy(upstream: Upstream) -> Callable[[URL], bool]:
+    """Whether a redirect may lead to a URL: inside one of the upstream's base URLs, or
+    on one of its `redirect_hosts` (a CDN the operator named)."""
+    bases = [URL(base) for base in upstream.urls]
+    hosts = frozenset(upstream.redirect_hosts)
+
+    def may_follow(target: URL) -> bool:
+        if any(within_base(target, base) for base in bases):
+            return True
+        named = {str(target.host).lower(), f"{str(target.host).lower()}:{target.port}"}
+        return target.scheme in ("http", "https") and bool(named & hosts)
+
+    return may_follow
+
+
+def within_base(target: URL, base: URL) -> bool:
+    """`target` is `base` or below it: same scheme, host and port, path under its path."""
+    if (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port):
+        return False
+    if ".." in target.path.split("/"):
+        return False
+    prefix = base.path.rstrip("/") + "/"
+    return target.path.startswith(prefix) or target.path == base.path
+
+
+async def follow(
+    session: aiohttp.ClientSession,
+    url: str,
+    may_follow: Callable[[URL], bool],
+    **request: Any,
+) -> aiohttp.ClientResponse:
+    """GET `url`, following at most MAX_REDIRECTS redirects, each only where `may_follow`.
+
+    Every upstream and peer request goes through here: aiohttp's own following would
+    go anywhere a mirror says (a loopback service, a cloud metadata address).
+    """
+    current = URL(url)
+    for _hop in range(MAX_REDIRECTS + 1):
+        response = await session.get(current, allow_redirects=False, **request)
+        location = response.headers.get("Location")
+        if response.status not in REDIRECT_STATUSES or not location:
+            return response
+        response.release()
+        try:
+            target = current.join(URL(location))
+        except ValueError as exc:
+            raise RefusedRedirect(f"redirect to an invalid Location {location!r}") from exc
+        if not may_follow(target):
+            raise RefusedRedirect(
+                f"redirect to {target} refused: outside the upstream "
+                "(name its host in redirect_hosts if it is the mirror's own CDN)"
+            )
+        current = target
+    raise RefusedRedirect(f"more than {MAX_REDIRECTS} redirects")
+
+
 def outcome_of(exc: BaseException) -> str:
     """The metrics outcome of a request that got no answer."""
     return "timeout" if isinstance(exc, TimeoutError) else "error"
@@ -246,13 +331,17 @@ async def fetch_into_store(
     size: int | None = None,
     max_size: int | None = None,
     timeout: float = 30.0,
+    deadline: float = 3600.0,
+    may_follow: Callable[[URL], bool] = lambda target: False,
     observe: Callable[[str, str], None] | None = None,
 ) -> tuple[str, int] | DownloadFailure:
     """(sha256, size) of the blob stored from the first URL that has it whole, or why not.
 
     With `sha256` (and `size`) given, only a body that matches counts; without, any
     200 body of at most `max_size` bytes does (a detached signature whose hash no
-    index lists is checked by gpgv afterwards). `observe(url, outcome)` hears how
+    index lists is checked by gpgv afterwards). No body is written past `size` (if
+    given, else `max_size`) plus one byte, nor for longer than `deadline` seconds;
+    redirects lead only where `may_follow` allows. `observe(url, outcome)` hears how
     each URL tried answered: its HTTP status, or "timeout" or "error".
     """
     failures = []
@@ -261,21 +350,25 @@ async def fetch_into_store(
     client_timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=CONNECT_TIMEOUT, sock_read=timeout
     )
+    limit = size if size is not None else max_size
     for url in urls:
         temp = store.create_temp()
         outcome = None  # stays None if cancelled before any answer
+        overall = asyncio.timeout(deadline)
         try:
-            async with session.get(url, timeout=client_timeout) as response:
-                answered = True
-                outcome = str(response.status)
-                if response.status != 200:
-                    failures.append(f"{url}: HTTP {response.status}")
-                    absent &= response.status in (404, 410)
-                    continue
-                digest, received = await _save_body(response, temp, max_size)
-            if max_size is not None and received > max_size:
+            async with overall:
+                response = await follow(session, url, may_follow, timeout=client_timeout)
+                async with response:
+                    answered = True
+                    outcome = str(response.status)
+                    if response.status != 200:
+                        failures.append(f"{url}: HTTP {response.status}")
+                        absent &= response.status in (404, 410)
+                        continue
+                    digest, received = await _save_body(response, temp, limit)
+            if limit is not None and received > limit:
                 absent = False
-                failures.append(f"{url}: larger than {max_size} bytes")
+                failures.append(f"{url}: larger than {limit} bytes")
                 continue
             if (sha256 is not None and digest != sha256) or size not in (None, received):
                 absent = False
@@ -290,7 +383,8 @@ async def fetch_into_store(
         except (aiohttp.ClientError, TimeoutError) as exc:
             absent = False
             outcome = outcome_of(exc)
-            failures.append(f"{url}: {describe_failure(exc)}")
+            why = f"took longer than {deadline:g} s" if overall.expired() else describe_failure(exc)
+            failures.append(f"{url}: {why}")
         finally:
             temp.unlink(missing_ok=True)
             if observe is not None and outcome is not None:
@@ -304,11 +398,13 @@ async def fetch_into_store(
 async def _save_body(
     response: aiohttp.ClientResponse, temp: Path, max_size: int | None = None
 ) -> tuple[str, int]:
-    """Write the body to `temp`; stops once it is past `max_size` (the caller checks)."""
+    """Write the body to `temp`; stops at `max_size` + 1 bytes (the caller checks)."""
     hasher = hashlib.sha256()
     received = 0
     async with aiofiles.open(temp, "wb") as out:
         async for chunk in response.content.iter_chunked(256 * 1024):
+            if max_size is not None and received + len(chunk) > max_size:
+                chunk = chunk[: max_size + 1 - received]  # the one byte too many says enough
             hasher.update(chunk)
             received += len(chunk)
             await out.write(chunk)

@@ -39,7 +39,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 from processes import wait_until
 
-_FAULT_KINDS = ("status", "truncate", "corrupt", "hang", "slow", "redirect", "chunked")
+_FAULT_KINDS = (
+    "status", "truncate", "corrupt", "hang", "slow", "redirect", "chunked", "endless",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,13 @@ class Fault:
         return cls("redirect", location=location, times=times)
 
     @classmethod
+    def endless(cls, claimed_length: int = 0, *, times: int | None = None) -> Fault:
+        """Send zero bytes forever, until the client goes: chunked; or, with a (lying)
+        Content-Length of claimed_length if it is not 0, until that many bytes went.
+        `streams_running` counts them."""
+        return cls("endless", length=claimed_length, times=times)
+
+    @classmethod
     def chunked(cls, *, times: int | None = None) -> Fault:
         """Send the correct body with Transfer-Encoding: chunked and no Content-Length."""
         return cls("chunked", times=times)
@@ -126,6 +135,7 @@ class FakeMirror:
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+        self.streams_running = 0  # endless bodies still being sent
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -281,6 +291,8 @@ class FakeMirror:
                 headers={"Location": fault.location},
                 text="FakeMirror fault: redirect\n",
             )
+        if fault is not None and fault.kind == "endless":
+            return await self._endless(request, fault.length)
         if fault is not None and fault.kind == "hang":
             await self._sleep(fault.seconds)
             return self._abort(request)
@@ -340,6 +352,30 @@ class FakeMirror:
             await response.write(body[start : start + fault.chunk_size])
         await response.write_eof()
         return response
+
+    async def _endless(self, request: web.Request, claimed_length: int) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_type = "application/octet-stream"
+        if claimed_length:
+            response.content_length = claimed_length
+        else:
+            response.enable_chunked_encoding()
+        with self._lock:
+            self.streams_running += 1
+        try:
+            await response.prepare(request)
+            assert self._stopping is not None
+            sent = 0
+            # With a length, aiohttp drops bytes past it: the body ends there, cut short.
+            while not self._stopping.is_set() and not (claimed_length and sent >= claimed_length):
+                await response.write(bytes(65536))  # raises once the client has gone
+                sent += 65536
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            with self._lock:
+                self.streams_running -= 1
+        return self._abort(request)
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, cut short by stop(); True if stopping."""
