@@ -48,9 +48,12 @@ any_then_newline = st.text(max_size=40).map(lambda text: text + "\n")
 
 @given(st.one_of(good_then_newline, any_then_newline))
 @example("abc\n")
+@example(":\n")  # found by hypothesis 6.170: the user before the colon is empty
 def test_no_recording_name_ends_in_a_newline(name: str) -> None:
     with pytest.raises(InvalidName):
         check_recording_name(name)
+    if ":" in name:
+        return  # a credential's user ends at its first colon: that part is another name
     with pytest.raises(InvalidName):
         recording_from_credentials("Basic " + base64.b64encode(f"{name}:".encode()).decode())
 
