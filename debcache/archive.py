@@ -9,7 +9,7 @@ from __future__ import annotations
 import bz2
 import enum
 import gzip
-import io
+import logging
 import lzma
 import re
 import subprocess
@@ -25,6 +25,8 @@ from urllib.parse import quote, unquote
 from debian import deb822
 
 from .errors import InvalidArchivePath, UnreadableIndex
+
+log = logging.getLogger(__name__)
 
 # Characters found in Debian archive paths: package names [a-z0-9+.-], versions
 # [A-Za-z0-9.+~-] (pool file names drop the epoch), suites, by-hash digests and
@@ -149,16 +151,22 @@ def _reading(index_file: Path) -> Iterator[None]:
 def packages_pool_entries(index_file: Path) -> Iterator[tuple[str, int, str]]:
     """Yield (Filename, Size, SHA256) for every stanza of a Packages file that has all three.
 
-    Raises UnreadableIndex if the file does not decompress.
+    Raises UnreadableIndex if the file does not decompress. A stanza with a line or a
+    total length over the limits (`MAX_INDEX_LINE`, `MAX_INDEX_STANZA`) is skipped, with
+    one log line for the whole file: memory stays bounded whatever the file holds.
 
     The live cache reads every Packages index it caches, 60,000 stanzas for Debian's
     main, while installs wait: this scans only the three fields, about ten times faster
     than deb822. Freeze, which verifies, parses with python-debian (`packages_stanzas`).
     """
     filename = size = sha256 = None
+    skipped = 0
     with _reading(index_file), open_decompressed(index_file) as f:
-        for line in f:
-            if line.startswith(b"Filename:"):
+        for line in _bounded_lines(f):
+            if line is None:
+                skipped += 1
+                filename = size = sha256 = None
+            elif line.startswith(b"Filename:"):
                 filename = line[9:].strip().decode("utf-8", "replace")
             elif line.startswith(b"Size:"):
                 size = line[5:].strip()
@@ -168,8 +176,53 @@ def packages_pool_entries(index_file: Path) -> Iterator[tuple[str, int, str]]:
                 if filename and size and size.isdigit() and sha256:
                     yield filename, int(size), sha256
                 filename = size = sha256 = None
+    if skipped:
+        log.warning("%s: skipped %d stanzas over the size limits", index_file.name, skipped)
     if filename and size and size.isdigit() and sha256:
         yield filename, int(size), sha256
+
+
+# Limits of a Packages index. Debian's longest stanzas are a few kB (a long Description
+# or Depends); these are a thousand times that, so they only catch a broken or hostile
+# file (a decompression bomb of one endless line) before it costs memory.
+MAX_INDEX_LINE = 1 << 20  # 1 MiB
+MAX_INDEX_STANZA = 4 << 20  # 4 MiB
+READ_CHUNK = 1 << 16
+
+
+def _bounded_lines(f: IO[bytes]) -> Iterator[bytes | None]:
+    """The lines of `f`, read in chunks: `for line in f` would keep a line without a
+    newline whole, however long. A stanza that grows past a limit yields one None, and
+    its remaining lines are dropped unread up to the blank line that ends it."""
+    pending = bytearray()  # the start of a line whose newline has not come yet
+    stanza = 0  # bytes of the current stanza so far
+    skipping = False
+    while chunk := f.read(READ_CHUNK):
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            line = bytes(pending) + chunk[start : end + 1] if pending else chunk[start : end + 1]
+            pending.clear()
+            start = end + 1
+            stanza += len(line)
+            blank = not line.strip()
+            if skipping:
+                skipping = not blank
+            elif len(line) > MAX_INDEX_LINE or stanza > MAX_INDEX_STANZA:
+                skipping = not blank
+                yield None
+            else:
+                yield line
+            if blank:
+                stanza = 0
+        if skipping:
+            continue  # the rest of the chunk belongs to a line being dropped
+        pending += chunk[start:]
+        if len(pending) > MAX_INDEX_LINE or stanza + len(pending) > MAX_INDEX_STANZA:
+            pending.clear()
+            skipping = True
+            yield None
+    if pending and not skipping:
+        yield bytes(pending)
 
 
 # --- suites, Release files and signatures -----------------------------------------
@@ -268,7 +321,7 @@ def verify_signature(keyring: Path, signed: Path, data: Path | None = None) -> b
         keyring = keyring.absolute()  # gpgv looks a bare name up in $GNUPGHOME
     if not keyring.is_file():
         raise SignatureError(f"keyring {keyring} does not exist")
-    if data is None and not signed.read_bytes().startswith(CLEARSIGN_HEADER):
+    if data is None and not _starts_with(signed, CLEARSIGN_HEADER):
         raise SignatureError("text before the signed block (apt rejects this as NOSPLIT)")
     with tempfile.TemporaryDirectory(prefix="debcache-gpgv-") as home:
         output = Path(home) / "verified"
@@ -282,6 +335,12 @@ def verify_signature(keyring: Path, signed: Path, data: Path | None = None) -> b
         if result.returncode != 0 or "[GNUPG:] VALIDSIG" not in status:
             raise SignatureError(_gpgv_reason(status, result.stderr.decode(errors="replace")))
         return output.read_bytes() if data is None else data.read_bytes()
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    # Not read_bytes(): the live cache verifies whatever InRelease a mirror sent.
+    with open(path, "rb") as f:
+        return f.read(len(prefix)) == prefix
 
 
 def _gpgv_reason(status: str, stderr: str) -> str:
@@ -313,21 +372,42 @@ def installer_images_dir(path: str) -> str | None:
 def packages_stanzas(index_file: Path) -> Iterator[deb822.Deb822]:
     """Every stanza of a Packages index (any compression) with the fields freeze needs.
 
-    Raises UnreadableIndex if the file does not decompress or a stanza is malformed.
+    Raises UnreadableIndex if the file does not decompress, a stanza is malformed or
+    over the size limits (`MAX_INDEX_LINE`, `MAX_INDEX_STANZA`): freeze verifies, so a
+    file it cannot read whole is refused, never read into memory.
     """
     fields = ["Package", "Version", "Architecture", "Filename", "Size", "SHA256"]
     with _reading(index_file), open_decompressed(index_file) as f:
         # Not UTF-8 (a broken index): python-debian's guess may fail; such bytes are
         # replaced, so a mangled Filename simply matches no requested path.
-        text = io.TextIOWrapper(f, encoding="utf-8", errors="replace")
-        yield from deb822.Deb822.iter_paragraphs(_whole(text), use_apt_pkg=False, fields=fields)
+        text = (
+            piece
+            for line in _whole(_bounded_lines(f))
+            # newlines as a text file reads them: \r\n and a lone \r end a line too
+            for piece in _text_lines(line.decode("utf-8", "replace"))
+        )
+        yield from deb822.Deb822.iter_paragraphs(text, use_apt_pkg=False, fields=fields)
 
 
-def _whole(lines: Iterator[str]) -> Iterator[str]:
+def _text_lines(line: str) -> list[str]:
+    """A line split as a text file would (`\r\n` and a lone `\r` end one too)."""
+    if "\r" not in line:
+        return [line]
+    pieces = line.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [piece + "\n" for piece in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+
+
+def _whole(lines: Iterator[bytes | None]) -> Iterator[bytes]:
     # python-debian takes an EOFError for the end of its input: a truncated gzip or xz
     # stream would read as a shorter index.
     try:
-        yield from lines
+        for line in lines:
+            if line is None:
+                raise ValueError(
+                    f"a stanza has a line over {MAX_INDEX_LINE} bytes "
+                    f"or is over {MAX_INDEX_STANZA} bytes"
+                )
+            yield line
     except EOFError as exc:
         raise ValueError(f"truncated ({exc})") from None
 

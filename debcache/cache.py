@@ -14,13 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 from . import db as queries
-from .archive import by_hash_sha256, classify_path, is_packages_index, packages_pool_entries
+from .archive import (
+    ReleaseInfo,
+    SignatureError,
+    by_hash_sha256,
+    classify_path,
+    is_packages_index,
+    packages_pool_entries,
+    parse_release,
+    suite_of,
+    verify_signature,
+)
 from .config import Upstream
 from .db import Database
 from .errors import UnreadableIndex, UpstreamUnavailable
@@ -87,6 +98,7 @@ class LiveCache:
         self._indexing: dict[str, set[asyncio.Task]] = {}  # upstream -> Packages being indexed
         self._validated_at: dict[tuple[str, str], float] = {}  # volatile files, loop time
         self._indexed_at: dict[tuple[str, str], float] = {}  # Packages directories, loop time
+        self._releases: dict[tuple[str, str], ReleaseInfo] = {}  # (upstream, signed sha256)
 
     async def load(self) -> None:
         """Read the path → blob map into memory, so hits need no database round trip."""
@@ -162,7 +174,7 @@ class LiveCache:
         download = Download(
             (upstream.name, path), response, temp, upstream.max_file_size, upstream.deadline
         )
-        return DownloadPlan(download, expected, partial(self._commit, upstream.name, path, temp))
+        return DownloadPlan(download, expected, partial(self._commit, upstream, path, temp))
 
     async def expected_content(self, upstream: str, path: str) -> ExpectedContent | None:
         """The sha256 a body must have: its by-hash name, or a cached Packages entry."""
@@ -182,18 +194,19 @@ class LiveCache:
                 )
         return None
 
-    def _commit(self, upstream: str, path: str, temp: Path, body: CompletedBody) -> Path:
+    def _commit(self, upstream: Upstream, path: str, temp: Path, body: CompletedBody) -> Path:
         blob = self.store.commit(temp, body.sha256)
+        name = upstream.name
         file = CachedFile(
-            upstream, path, body.sha256, body.size, body.last_modified, body.etag, time.time()
+            name, path, body.sha256, body.size, body.last_modified, body.etag, time.time()
         )
-        self._files[(upstream, path)] = file
-        self._validated_at[(upstream, path)] = asyncio.get_running_loop().time()
+        self._files[(name, path)] = file
+        self._validated_at[(name, path)] = asyncio.get_running_loop().time()
         self.database.write_soon(queries.upsert_cached, asdict(file))
         self.downloads.spawn(asyncio.to_thread(self.store.sync_directory, blob.parent))
-        if is_packages_index(path) and self._worth_indexing(upstream, path):
-            task = self.downloads.spawn(self._index_packages(upstream, path, blob))
-            pending = self._indexing.setdefault(upstream, set())
+        if is_packages_index(path) and self._worth_indexing(name, path):
+            task = self.downloads.spawn(self._index_packages(upstream, path, body.sha256))
+            pending = self._indexing.setdefault(name, set())
             pending.add(task)
             task.add_done_callback(pending.discard)
         return blob
@@ -201,8 +214,7 @@ class LiveCache:
     def _worth_indexing(self, upstream: str, path: str) -> bool:
         """One variant per directory: apt and debootstrap may fetch Packages.xz, .gz and the
         by-hash name of the same content within seconds of each other."""
-        head, by_hash, _ = path.partition("/by-hash/")
-        directory = head if by_hash else path.rpartition("/")[0]
+        directory = _directory_of(path)
         now = asyncio.get_running_loop().time()
         if (
             now - self._indexed_at.get((upstream, directory), -INDEX_AGAIN_AFTER)
@@ -212,13 +224,65 @@ class LiveCache:
         self._indexed_at[(upstream, directory)] = now
         return True
 
-    async def _index_packages(self, upstream: str, path: str, blob: Path) -> None:
-        """Remember what each pool file listed in a Packages index must hash to."""
+    async def _index_packages(self, upstream: Upstream, path: str, sha256: str) -> None:
+        """Remember what each pool file listed in a Packages index must hash to, if the
+        verified Release of its suite lists it (see `_unverified`)."""
         try:
+            why = await asyncio.to_thread(self._unverified, upstream, path, sha256)
+            if why:
+                log.warning("not indexing %s/%s: %s", upstream.name, path, why)
+                self._indexed_at.pop((upstream.name, _directory_of(path)), None)  # try another
+                return
+            blob = self.store.local_path(sha256)
             entries = await asyncio.to_thread(lambda: list(packages_pool_entries(blob)))
-            count = await self.database.write(queries.add_pool_hashes, upstream, entries)
-            log.info("indexed %d pool files from %s/%s", count, upstream, path)
+            count = await self.database.write(queries.add_pool_hashes, upstream.name, entries)
+            log.info("indexed %d pool files from %s/%s", count, upstream.name, path)
         except UnreadableIndex as exc:
-            log.warning("could not index %s/%s: %s", upstream, path, exc)
+            log.warning("could not index %s/%s: %s", upstream.name, path, exc)
         except Exception:
-            log.exception("could not index %s/%s", upstream, path)
+            log.exception("could not index %s/%s", upstream.name, path)
+
+    def _unverified(self, upstream: Upstream, path: str, sha256: str) -> str | None:
+        """Why a Packages index must not be indexed, or None: the cached InRelease (or
+        Release + Release.gpg) of its suite verifies with the upstream's keyring and lists
+        this content for its directory. A by-hash name alone proves nothing: anyone can
+        name content by its own digest. Runs gpgv: call it on a thread."""
+        where = suite_of(path)
+        if where is None:
+            return "not below dists/SUITE/"
+        suite, below = where
+        directory = _directory_of(below)
+        info = self._verified_release(upstream, suite)
+        if isinstance(info, str):
+            return info
+        if info.by_sha256(sha256, directory) is None:
+            return f"the verified Release of {suite} does not list sha256 {sha256[:12]}"
+        return None
+
+    def _verified_release(self, upstream: Upstream, suite: str) -> ReleaseInfo | str:
+        """The cached Release of a suite as its signature verifies it, or why there is none."""
+        if upstream.keyring is None:
+            return f"upstream {upstream.name} has no keyring to verify its Release"
+        inrelease = self.lookup(upstream.name, f"dists/{suite}/InRelease")
+        release = self.lookup(upstream.name, f"dists/{suite}/Release")
+        signature = self.lookup(upstream.name, f"dists/{suite}/Release.gpg")
+        if inrelease:
+            signed, data = inrelease, None
+        elif release and signature:
+            signed, data = signature, release
+        else:
+            return f"no InRelease (or Release and Release.gpg) of {suite} cached"
+        key = (upstream.name, (data or signed)[0].sha256)
+        if key not in self._releases:
+            try:
+                text = verify_signature(upstream.keyring, signed[1], data and data[1])
+            except (SignatureError, OSError, subprocess.SubprocessError) as exc:
+                return f"its Release does not verify ({exc})"
+            self._releases[key] = parse_release(text)
+        return self._releases[key]
+
+
+def _directory_of(path: str) -> str:
+    """The directory of an index, also for its by-hash name (`.../by-hash/SHA256/<hex>`)."""
+    head, by_hash, _ = path.partition("/by-hash/")
+    return head if by_hash else path.rpartition("/")[0]

@@ -130,8 +130,10 @@ def test_a_mirror_that_dies_mid_body_gives_the_client_an_error_and_caches_nothin
 
 
 def test_a_deb_that_does_not_match_the_cached_packages_index_is_never_served_whole(
-    debcache: DebcacheServer, mirror: FakeMirror, archive: Archive
+    keyed_debcache: DebcacheServer, mirror: FakeMirror, archive: Archive
 ) -> None:
+    debcache = keyed_debcache  # indexed only with the verified InRelease that lists it
+    assert get(debcache.url, "/debian/dists/bookworm/InRelease").status == 200
     packages = "dists/bookworm/main/binary-amd64/Packages.gz"
     assert get(debcache.url, f"/debian/{packages}").status == 200
     path = archive.pool_path(*HELLO)

@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from debcache.archive import (
+    MAX_INDEX_LINE,
+    MAX_INDEX_STANZA,
     by_hash_sha256,
     packages_pool_entries,
     packages_stanzas,
@@ -183,15 +185,31 @@ def test_a_traversing_filename_is_listed_as_written_and_can_never_be_requested(
             parse_archive_path(raw)
 
 
-def test_a_huge_field_is_read_whole(tmp_path: Path) -> None:
+def test_a_long_field_is_read_whole(tmp_path: Path) -> None:
     index = tmp_path / "Packages"
-    description = "x" * 5_000_000
+    description = "x" * 900_000  # under MAX_INDEX_LINE
     index.write_bytes(
         f"Package: a\nDescription: {description}\nFilename: pool/a.deb\nSize: 1\n"
         f"SHA256: {SHA}\n".encode()
     )
     assert list(packages_pool_entries(index)) == [("pool/a.deb", 1, SHA)]
     assert [s["Filename"] for s in packages_stanzas(index)] == ["pool/a.deb"]
+
+
+def test_a_stanza_over_the_limits_is_skipped_or_refused(tmp_path: Path, caplog) -> None:
+    index = tmp_path / "Packages"
+    good = f"Filename: pool/b.deb\nSize: 2\nSHA256: {SHA}\n"
+    long_line = f"Package: a\nDescription: {'x' * (MAX_INDEX_LINE + 1)}\nFilename: pool/a.deb\n"
+    many_lines = "Package: c\n" + " y\n" * (MAX_INDEX_STANZA // 3) + "Filename: pool/c.deb\n"
+    for stanza in (long_line, many_lines):
+        index.write_bytes(f"{stanza}Size: 1\nSHA256: {SHA}\n\n{good}".encode())
+        caplog.clear()
+        assert list(packages_pool_entries(index)) == [("pool/b.deb", 2, SHA)]
+        assert [r.getMessage() for r in caplog.records] == [
+            "Packages: skipped 1 stanzas over the size limits"
+        ]
+        with pytest.raises(UnreadableIndex, match="over 1048576 bytes"):
+            list(packages_stanzas(index))
 
 
 # --- installer SHA256SUMS and by-hash names ---------------------------------------
