@@ -261,6 +261,17 @@ def _parse_listen(section: _Section, value: str) -> tuple[str, int]:
     return address
 
 
+def _host_list(section: _Section, key: str, default: list[str], example: str) -> list[str]:
+    """A list of HOST or HOST:PORT entries (proxy_hosts, redirect_hosts)."""
+    hosts = section.strings(key, default)
+    for host in hosts:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?", host):
+            raise section.error(
+                key, f"{host!r} is not HOST or HOST:PORT", f'write e.g. "{example}"'
+            )
+    return hosts
+
+
 def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
     section = _Section(source, ("upstreams", name), table)
     if name in RESERVED_UPSTREAM_NAMES:
@@ -290,28 +301,14 @@ def _parse_upstream(source: Path, name: str, table: object) -> Upstream:
             f"{keyring} does not exist",
             "give the archive's keyring file (as for apt's signed-by)",
         )
-    hosts = section.strings("proxy_hosts", [host_of(u) for u in urls])
-    for host in hosts:
-        if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?", host):
-            raise section.error(
-                "proxy_hosts",
-                f"{host!r} is not HOST or HOST:PORT",
-                'write e.g. "mirror.example.org"',
-            )
+    hosts = _host_list(section, "proxy_hosts", [host_of(u) for u in urls], "mirror.example.org")
     timeout = section.get("timeout", (int, float), DEFAULT_TIMEOUT)
     if timeout <= 0:
         raise section.error("timeout", "must be positive", "give the seconds, e.g. 30")
     window = section.get("coalesce_window", (int, float), DEFAULT_COALESCE_WINDOW)
     if not 0 <= window <= 60:
         raise section.error("coalesce_window", "must be 0 to 60 seconds", "e.g. 1; 0 is strict")
-    redirect_hosts = section.strings("redirect_hosts", [])
-    for host in redirect_hosts:
-        if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?", host):
-            raise section.error(
-                "redirect_hosts",
-                f"{host!r} is not HOST or HOST:PORT",
-                'write e.g. "cdn.mirror.example.org"',
-            )
+    redirect_hosts = _host_list(section, "redirect_hosts", [], "cdn.mirror.example.org")
     written_size = section.get("max_file_size", (str, int), "4G")
     max_file_size = size_in_bytes(str(written_size))
     if not max_file_size:
