@@ -18,6 +18,14 @@ from fake_mirror import FakeMirror
 from http_client import get
 from workflow import freeze_json, manifest_json, record_install, run
 
+# freeze's golden error for a recording of a Release, README and ls-lR.gz.
+NOT_ARCHIVE_FILES = [
+    "Error: 2 recorded file(s) could not be verified. Fix the mirror or the keyring and "
+    "record again, or pass --allow-unverified to include them marked unverified.",
+    "  debian/README: neither under dists/ nor under pool/",
+    "  debian/ls-lR.gz: neither under dists/ nor under pool/",
+]
+
 
 def test_allow_unverified_keeps_every_recorded_file_and_the_error_names_only_those(
     own_debcache: DebcacheServer, own_archive: Archive, own_mirror: FakeMirror
@@ -31,15 +39,7 @@ def test_allow_unverified_keeps_every_recorded_file_and_the_error_names_only_tho
     own_debcache.wait_for_fetches(len(recorded), recording="misc")
 
     result = run(own_debcache, "freeze", "misc")
-    assert (result.exit_code, result.output.splitlines()) == (
-        1,
-        [
-            "Error: 2 recorded file(s) could not be verified. Fix the mirror or the keyring and "
-            "record again, or pass --allow-unverified to include them marked unverified.",
-            "  debian/README: neither under dists/ nor under pool/",
-            "  debian/ls-lR.gz: neither under dists/ nor under pool/",
-        ],
-    )
+    assert (result.exit_code, result.output.splitlines()) == (1, NOT_ARCHIVE_FILES)
 
     # The Release is verified by the Release.gpg fetched at freeze time; the other two
     # go in marked unverified.
@@ -98,15 +98,7 @@ def test_allow_unverified_keeps_a_release_that_has_no_release_gpg_marked_unverif
     # Without the flag: the two files that are no archive file stop it; the Release, a
     # probe of a suite nothing else was fetched of, is a warning.
     result = run(own_debcache, "freeze", "misc")
-    assert (result.exit_code, result.output.splitlines()) == (
-        1,
-        [
-            "Error: 2 recorded file(s) could not be verified. Fix the mirror or the keyring and "
-            "record again, or pass --allow-unverified to include them marked unverified.",
-            "  debian/README: neither under dists/ nor under pool/",
-            "  debian/ls-lR.gz: neither under dists/ nor under pool/",
-        ],
-    )
+    assert (result.exit_code, result.output.splitlines()) == (1, NOT_ARCHIVE_FILES)
 
     # With it, every recorded file goes in, the Release too, marked unverified.
     allowed = run(own_debcache, "freeze", "misc", "--allow-unverified", "--json")
