@@ -15,29 +15,29 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
+        self.requests = self._counter(
             "debcache_requests",
             "Requests answered, by cache source (none: not an archive file) and status",
-            ["source", "status"],
-            registry=self.registry,
+            "source",
+            "status",
         )
-        self.response_bytes = Counter(
-            "debcache_response_bytes",
-            "Bytes of files served whole, by cache source",
-            ["source"],
-            registry=self.registry,
+        self.response_bytes = self._counter(
+            "debcache_response_bytes", "Bytes of files served whole, by cache source", "source"
         )
-        self.upstream_requests = Counter(
+        self.upstream_requests = self._counter(
             "debcache_upstream_requests",
             "Requests sent to upstream base URLs, by upstream and outcome",
-            ["upstream", "outcome"],
-            registry=self.registry,
+            "upstream",
+            "outcome",
         )
         self.in_flight = Gauge(
             "debcache_downloads_in_flight",
             "Upstream downloads and revalidations under way",
             registry=self.registry,
         )
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, list(labels), registry=self.registry)
 
     def count_request(self, source: str, status: int) -> None:
         """Every request the server answers, debcache's own pages and errors included."""
