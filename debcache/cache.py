@@ -40,6 +40,7 @@ from .store import FileStore
 from .upstream import UpstreamClient, Validators, read_limited
 
 log = logging.getLogger(__name__)
+EXPECTED_SIZE_WAIT = 10.0  # seconds a by-hash download waits for its Release entry
 INDEXING_WAIT = 10.0  # seconds a pool miss waits for a Packages index being read
 INDEX_AGAIN_AFTER = 60.0  # seconds before another variant of one Packages directory is read
 
@@ -150,7 +151,7 @@ class LiveCache:
     ) -> object:
         validators = Validators(cached[0].last_modified, cached[0].etag) if cached else None
         # Looked up while the request and the body travel; needed only to verify the end.
-        expected = asyncio.ensure_future(self.expected_content(upstream.name, path))
+        expected = asyncio.ensure_future(self.expected_content(upstream, path))
         try:
             response = await self.client.get(upstream, path, validators)
         except BaseException:
@@ -166,6 +167,11 @@ class LiveCache:
             response.release()
             return PassedOn(response.status, body, response.content_type or "text/plain")
         try:
+            if by_hash_sha256(path):
+                # A by-hash body stops at the size its Release entry gives: know it before
+                # the first byte. The lookup ran while the request travelled (gpgv once
+                # per Release content), so this is seldom a wait at all.
+                await asyncio.wait([expected], timeout=EXPECTED_SIZE_WAIT)
             temp = self.store.create_temp()
         except BaseException:
             expected.cancel()
@@ -176,22 +182,23 @@ class LiveCache:
         )
         return DownloadPlan(download, expected, partial(self._commit, upstream, path, temp))
 
-    async def expected_content(self, upstream: str, path: str) -> ExpectedContent | None:
-        """The sha256 a body must have: its by-hash name, or a cached Packages entry."""
+    async def expected_content(self, upstream: Upstream, path: str) -> ExpectedContent | None:
+        """The sha256 a body must have: its by-hash name (with the size its suite's verified
+        Release lists for it, when one is cached), or a cached Packages entry."""
         digest = by_hash_sha256(path)
         if digest:
-            return ExpectedContent(digest, None, "its by-hash name")
+            size = await asyncio.to_thread(self._listed_size, upstream, path, digest)
+            return ExpectedContent(digest, size, "its by-hash name")
+        name = upstream.name
         if classify_path(path).immutable:
             # A .deb asked for right after its Packages arrived is checked against it too,
             # if indexing finishes in reasonable time (a huge index must not stall installs).
-            pending = self._indexing.get(upstream, set())
+            pending = self._indexing.get(name, set())
             if pending:
                 await asyncio.wait(list(pending), timeout=INDEXING_WAIT)
-            listed = await self.database.read(queries.pool_hash, upstream, path)
+            listed = await self.database.read(queries.pool_hash, name, path)
             if listed:
-                return ExpectedContent(
-                    listed[0], listed[1], f"a cached Packages index of {upstream}"
-                )
+                return ExpectedContent(listed[0], listed[1], f"a cached Packages index of {name}")
         return None
 
     def _commit(self, upstream: Upstream, path: str, temp: Path, body: CompletedBody) -> Path:
@@ -241,6 +248,17 @@ class LiveCache:
             log.warning("could not index %s/%s: %s", upstream.name, path, exc)
         except Exception:
             log.exception("could not index %s/%s", upstream.name, path)
+
+    def _listed_size(self, upstream: Upstream, path: str, sha256: str) -> int | None:
+        """The size the verified Release of the suite lists for a by-hash file, so its
+        download stops there (None: no verified Release cached; `max_file_size` bounds it).
+        Runs gpgv the first time a Release content is seen: call it on a thread."""
+        where = suite_of(path)
+        info = self._verified_release(upstream, where[0]) if where else None
+        if info is None or isinstance(info, str):
+            return None
+        listed = info.by_sha256(sha256, _directory_of(where[1]))
+        return listed.size if listed else None
 
     def _unverified(self, upstream: Upstream, path: str, sha256: str) -> str | None:
         """Why a Packages index must not be indexed, or None: the cached InRelease (or

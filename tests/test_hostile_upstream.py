@@ -149,6 +149,29 @@ def test_an_endless_pool_file_stops_at_the_size_its_packages_index_lists(
             cache.stop()
 
 
+def test_an_endless_by_hash_file_stops_at_the_size_its_verified_release_lists(
+    tmp_path: Path, archive: Archive
+) -> None:
+    index = "dists/bookworm/main/binary-amd64/Packages.gz"
+    sha256, size = archive.sha256(index), len(archive.read(index))
+    by_hash = f"dists/bookworm/main/binary-amd64/by-hash/SHA256/{sha256}"
+    with FakeMirror(archive.root) as mirror:
+        # max_file_size only bounds how long the unfixed code would stream.
+        cache = serve(
+            tmp_path, f"{mirror.url}/debian", keyring=archive.key.keyring, max_file_size=20_000_000
+        )
+        try:
+            assert get(cache.url, "/debian/dists/bookworm/InRelease").status == 200
+            kept = len(cache.blobs())
+            mirror.set_fault(f"/debian/{by_hash}", Fault.endless())
+            reply = get(cache.url, f"/debian/{by_hash}")
+            assert (reply.broken or reply.status == 502) and len(reply.body) <= size + 1
+            wait_until(lambda: mirror.streams_running == 0, "the endless body still flows", 20)
+            nothing_left_but(cache, kept=kept)
+        finally:
+            cache.stop()
+
+
 def nothing_left_but(server: DebcacheServer, kept: int) -> None:
     """No partial in <data>/tmp once the download has given up; only `kept` blobs."""
     wait_until(lambda: not server.temp_files(), lambda: f"partials {server.temp_files()}", 20)
