@@ -31,7 +31,11 @@ def test_the_quick_benchmark_runs_and_reports_every_workload(tmp_path: Path) -> 
         assert figures[workload], f"no {workload} figures"
     for herd in figures["herd"]:
         assert herd["bodies_ok"] == herd["bodies_expected"], herd
-        assert herd["upstream_per_file"] == 1.0, herd
+        # One download per file: pool files are asked for once, every file arrives whole
+        # once. A volatile file may also be revalidated (a 304) when clients reach it more
+        # than the coalesce window apart, as they do on a loaded machine: by design.
+        assert herd["pool_per_file"] == 1.0, herd
+        assert herd["upstream_200_per_file"] == 1.0, herd
     assert all(row["ok"] for row in figures["apt"])
     assert figures["freeze"]["freeze_ok"]
     assert all(row["errors"] == 0 for row in figures["warm"])
