@@ -26,7 +26,7 @@ from debcache_server import DebcacheServer
 from fake_mirror import FakeMirror
 from http_client import request
 from processes import free_port, wait_until
-from workflow import run
+from workflow import pin_a_recorded_inrelease, run
 
 from debcache import db
 from debcache.cli import cli
@@ -394,12 +394,7 @@ def test_http_errors_keep_the_names_they_start_with(keyed_debcache: DebcacheServ
 def test_an_unknown_upstream_in_a_pin_is_named_with_the_manifests_upstreams(
     keyed_debcache: DebcacheServer,
 ) -> None:
-    recorded = request(keyed_debcache.url, "/record/run-1/debian/dists/bookworm/InRelease")
-    assert recorded.status == 200
-    keyed_debcache.wait_for_fetches(1, recording="run-1")
-    frozen = run(keyed_debcache, "freeze", "run-1", "--json", "--promote", "main")
-    assert frozen.exit_code == 0, frozen.output
-    manifest = json.loads(frozen.output)["id"]
+    manifest = pin_a_recorded_inrelease(keyed_debcache, "main")
     unknown = request(keyed_debcache.url, "/pin/main/nosuch/README")
     assert (unknown.status, unknown.body.decode()) == (
         404,

@@ -209,7 +209,8 @@ def test_a_slow_drip_fails_at_the_deadline_and_leaves_no_partial(
             cache.stop()
 
 
-def test_an_import_from_an_endless_peer_stops_at_the_entry_size(tmp_path: Path) -> None:
+def one_entry_lockfile(tmp_path: Path) -> tuple[Entry, str, Path, Path]:
+    """A lockfile of one 3,095-byte .deb, its manifest id, and a config with a data dir."""
     entry = Entry("debian", "pool/main/p/pkg/pkg_1.0-1_amd64.deb", "ab" * 32, 3095)
     manifest = manifest_id([entry])
     lockfile = tmp_path / "lock.json"
@@ -217,6 +218,11 @@ def test_an_import_from_an_endless_peer_stops_at_the_entry_size(tmp_path: Path) 
     lockfile.write_text(json.dumps(document))
     config = tmp_path / "debcache.toml"
     config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n')
+    return entry, manifest, lockfile, config
+
+
+def test_an_import_from_an_endless_peer_stops_at_the_entry_size(tmp_path: Path) -> None:
+    entry, manifest, lockfile, config = one_entry_lockfile(tmp_path)
     with FakeMirror(tmp_path) as peer:
         peer.set_fault(f"/manifest/{manifest}/debian/{entry.path}", Fault.endless())
         result = CliRunner().invoke(
@@ -233,13 +239,7 @@ def test_an_import_from_an_endless_peer_stops_at_the_entry_size(tmp_path: Path) 
 
 
 def test_an_import_from_a_peer_follows_no_redirect_off_the_peer(tmp_path: Path) -> None:
-    entry = Entry("debian", "pool/main/p/pkg/pkg_1.0-1_amd64.deb", "ab" * 32, 3095)
-    manifest = manifest_id([entry])
-    lockfile = tmp_path / "lock.json"
-    document = {"format": LOCKFILE_FORMAT, "id": manifest, "entries": [asdict(entry)]}
-    lockfile.write_text(json.dumps(document))
-    config = tmp_path / "debcache.toml"
-    config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n')
+    entry, manifest, lockfile, config = one_entry_lockfile(tmp_path)
     with FakeMirror(tmp_path) as peer, FakeMirror(tmp_path) as secret:
         peer.set_fault(
             f"/manifest/{manifest}/debian/{entry.path}", Fault.redirect(f"{secret.url}/x")

@@ -7,12 +7,10 @@ without its slash leads to `/_/api/`.
 
 from __future__ import annotations
 
-import json
-
 from debcache_server import DebcacheServer
 from fake_mirror import FakeMirror
-from http_client import get, request
-from workflow import run
+from http_client import get
+from workflow import pin_a_recorded_inrelease
 
 
 def test_the_live_mirror_root_says_how_to_use_it(
@@ -42,12 +40,7 @@ def test_a_root_that_is_no_upstream_is_still_refused(debcache: DebcacheServer) -
 def test_the_pinned_mirror_root_names_its_manifest_and_suites(
     keyed_debcache: DebcacheServer,
 ) -> None:
-    recorded = request(keyed_debcache.url, "/record/run-1/debian/dists/bookworm/InRelease")
-    assert recorded.status == 200
-    keyed_debcache.wait_for_fetches(1, recording="run-1")
-    frozen = run(keyed_debcache, "freeze", "run-1", "--json", "--promote", "main")
-    assert frozen.exit_code == 0, frozen.output
-    manifest = json.loads(frozen.output)["id"]
+    manifest = pin_a_recorded_inrelease(keyed_debcache, "main")
     host = keyed_debcache.url.removeprefix("http://")
     front = get(keyed_debcache.url, "/").body.decode()
     assert f"  http://{host}/pin/main/debian/\n" in front

@@ -16,6 +16,7 @@ from archive_fixture import Archive
 from click.testing import CliRunner, Result
 from debcache_server import DebcacheServer, make_config, write_config_file
 from fake_mirror import FakeMirror
+from http_client import get
 
 from debcache.cli import cli
 
@@ -86,3 +87,10 @@ def manifest_json(server: DebcacheServer, manifest_id: str) -> dict:
     result = run(server, "manifests", "show", manifest_id[:12], "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
+
+
+def pin_a_recorded_inrelease(server: DebcacheServer, branch: str) -> str:
+    """Record bookworm's InRelease as run-1, freeze it and promote it to `branch`; its id."""
+    assert get(server.url, "/record/run-1/debian/dists/bookworm/InRelease").status == 200
+    server.wait_for_fetches(1, recording="run-1")
+    return freeze_json(server, "run-1", "--promote", branch)["id"]
