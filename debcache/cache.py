@@ -83,8 +83,16 @@ class PassedOn:
     content_type: str
 
 
+@dataclass(frozen=True)
+class Relayed:
+    """Not in this worker's reach: the fetcher process answers it (and logs it)."""
+
+    source: str = "relayed"
+
+
 NOT_MODIFIED = object()
-Outcome = FromStore | Streaming | PassedOn
+RELAYED = Relayed()
+Outcome = FromStore | Streaming | PassedOn | Relayed
 
 
 class LiveCache:
@@ -304,3 +312,46 @@ def _directory_of(path: str) -> str:
     """The directory of an index, also for its by-hash name (`.../by-hash/SHA256/<hex>`)."""
     head, by_hash, _ = path.partition("/by-hash/")
     return head if by_hash else path.rpartition("/")[0]
+
+
+class StoreHits:
+    """A worker process's view of the live cache: immutable files already in the store.
+
+    The fetcher process commits downloads to the store and the database; a worker
+    finds them there (one indexed row, read on the loop) and remembers the path,
+    since a pool or by-hash path always names the same content. Anything else,
+    volatile files included, is RELAYED: freshness is the fetcher's to decide.
+    """
+
+    REMEMBERED = 200_000  # paths, at most (about 60 MB): then it starts over
+
+    def __init__(self, store: FileStore, database_path: Path) -> None:
+        self.store = store
+        self._db = queries.connect(database_path)
+        self._files: dict[tuple[str, str], CachedFile] = {}
+
+    def close(self) -> None:
+        self._db.conn.close()
+
+    def lookup(self, upstream: str, path: str) -> tuple[CachedFile, Path] | None:
+        key = (upstream, path)
+        file = self._files.get(key)
+        if file is None:
+            if not classify_path(path).immutable:
+                return None
+            row = queries.cached_row(self._db, upstream, path)
+            if row is None:
+                return None
+            file = CachedFile(**row)
+            if len(self._files) >= self.REMEMBERED:
+                self._files.clear()
+            self._files[key] = file
+        blob = self.store.local_path(file.sha256)
+        if blob.is_file():
+            return file, blob
+        del self._files[key]  # evicted or quarantined: the fetcher gets it again
+        return None
+
+    async def fetch(self, upstream: Upstream, path: str) -> Outcome:
+        found = self.lookup(upstream.name, path)
+        return FromStore(*found, "hit") if found else RELAYED

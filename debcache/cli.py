@@ -28,6 +28,7 @@ from . import db
 from .branches import Change, check_branch_name, current_manifest_id, promote, rollback
 from .config import (
     Config,
+    check_worker_count,
     default_data_dir,
     load_config,
     parse_listen_address,
@@ -44,6 +45,8 @@ from .recording import check_recordings_exist, recording_contents, recording_sum
 from .resign import export_public_key
 from .status import collect_status, status_json
 from .store import FileStore
+from .supervisor import EarlySignals, Supervisor
+from .systemd import listen_sockets
 from .upstream import UpstreamClient, create_session
 
 T = TypeVar("T")
@@ -191,18 +194,30 @@ def pass_config(command: Callable[..., Any]) -> Callable[..., Any]:
     metavar="DIR",
     help="The same as debcache --data-dir DIR serve (kept for compatibility).",
 )
+@click.option(
+    "--workers",
+    type=str,
+    metavar="N",
+    help="Server processes, instead of [server] workers (default: one per CPU).",
+)
 @pass_config
-def serve(config: Config, listen: tuple[str, ...], data_dir: Path | None) -> None:
+def serve(
+    config: Config, listen: tuple[str, ...], data_dir: Path | None, workers: str | None
+) -> None:
     """Run the caching proxy.
 
     \b
     Example:
-        debcache serve --listen 127.0.0.1:3142
+        debcache serve --listen 127.0.0.1:3142 --workers 2
     """
-    from .server.app import check_something_to_serve, serve_forever
+    from .server.app import check_something_to_serve, serve_child
+    from .supervisor import ChildSpec
 
     if listen:
         config = dataclasses.replace(config, listen=tuple(_parse_listen(v) for v in listen))
+    if workers is not None:
+        count = int(workers) if workers.strip().lstrip("-").isdigit() else workers
+        config = dataclasses.replace(config, workers=check_worker_count(count, "--workers"))
     if data_dir:  # messages name serve's own --data-dir as they name the group's
         context = click.get_current_context()
         context.obj = dataclasses.replace(
@@ -214,11 +229,22 @@ def serve(config: Config, listen: tuple[str, ...], data_dir: Path | None) -> Non
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    child = ChildSpec.from_env()
+    if child is not None:  # one of the supervisor's server processes
+        serve_child(config, child)
+        return
+    # Noted until the supervisor's handlers are in place: a SIGTERM while the database is
+    # being prepared must stop the server cleanly, not halfway through the schema.
+    early_signals = EarlySignals()
     check_something_to_serve(config)
     create_data_dir(config)
-    sockets = listen_on(config.listen)  # all of them, before saying "listening on"
-    _print_start(config)
-    serve_forever(config, sockets)
+    activated = listen_sockets()  # systemd's, all of them, when socket-activated
+    sockets = activated or listen_on(config.listen)  # before saying "listening on"
+    prepare_data_dir(config)
+    _print_start(config, activated)
+    status = asyncio.run(Supervisor(config.worker_count, sockets, early_signals).run())
+    if status:
+        sys.exit(status)
 
 
 def listen_on(addresses: tuple[tuple[str, int], ...]) -> list[socket.socket]:
@@ -308,7 +334,7 @@ def _parse_listen(value: str) -> tuple[str, int]:
     return address
 
 
-def _print_start(config: Config) -> None:
+def _print_start(config: Config, activated: list[socket.socket]) -> None:
     source = config.source or "built-in defaults (upstreams from this host's apt sources)"
     click.echo(f"debcache: configuration from {source}; data in {config.data_dir}", err=True)
     if not config.upstreams:
@@ -319,8 +345,11 @@ def _print_start(config: Config) -> None:
         )
     for upstream in config.upstreams.values():
         click.echo(f"debcache: upstream {upstream.name}: {' '.join(upstream.urls)}", err=True)
-    for host, port in config.listen:
+    addresses = [sock.getsockname()[:2] for sock in activated] or config.listen
+    for host, port in addresses:
         click.echo(f"debcache: listening on http://{listen_name(host, port)}/", err=True)
+    count = config.worker_count
+    click.echo(f"debcache: {count} worker process{'es' if count > 1 else ''}", err=True)
 
 
 # --- shared pieces of the data commands ----------------------------------------------
@@ -426,6 +455,13 @@ def check_data_dir(config: Config) -> None:
             f"data dir {config.data_dir} ({data_dir_origin(config)}) does not exist",
             DATA_DIR_REMEDY,
         )
+
+
+def prepare_data_dir(config: Config) -> None:
+    """What the server processes share, done once before they start: partial downloads
+    a crash left are removed and the database schema is brought up to date."""
+    FileStore(config.data_dir).open()
+    db.create_schema(config.data_dir / "debcache.db")
 
 
 def create_data_dir(config: Config) -> None:

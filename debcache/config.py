@@ -91,6 +91,26 @@ class Config:
     source: Path | None = None  # the file it came from; None for built-in defaults
     # Clients that may read the status page and the API (GET /_/, /_/api/...).
     status_from: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in ANYONE)
+    # Processes that answer clients; None: one per CPU this process may run on.
+    workers: int | None = None
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or default_worker_count()
+
+
+def default_worker_count() -> int:
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def check_worker_count(value: object, named_by: str) -> int:
+    """A positive number of worker processes, or a ConfigError naming where it came from."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{named_by}: expected a whole number of worker processes, 1 or more, got {value!r}",
+            f"set it to e.g. {default_worker_count()} (one per CPU, the default), or 1",
+        )
+    return value
 
 
 def load_config(
@@ -219,6 +239,10 @@ def parse_config(document: dict, source: Path, *, apt_dir: Path = Path("/etc/apt
     data_dir = Path(str(server.get("data_dir", str, str(default_data_dir()))))
     admin_token = str(server.get("admin_token", str, ""))
     status_from = tuple(_parse_network(server, v) for v in server.strings("status_from", ANYONE))
+    workers = server.table.get("workers")
+    if workers is not None:
+        workers = check_worker_count(workers, f"{source}: {toml_key('server', 'workers')}")
+    server.seen.add("workers")
     server.reject_unknown()
 
     tables = top.get("upstreams", dict, {})
@@ -230,7 +254,14 @@ def parse_config(document: dict, source: Path, *, apt_dir: Path = Path("/etc/apt
     }
     top.reject_unknown()
     return Config(
-        listen, data_dir, upstreams, branches, admin_token, source, status_from=status_from
+        listen,
+        data_dir,
+        upstreams,
+        branches,
+        admin_token,
+        source,
+        status_from=status_from,
+        workers=workers,
     )
 
 

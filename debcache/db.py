@@ -217,10 +217,14 @@ def migrate(db: sqlite_utils.Database) -> None:
 class Database:
     """The server's access to debcache.db: one writer thread, thread-local readers."""
 
-    def __init__(self, path: Path, retry_seconds: float = WRITE_RETRY_SECONDS) -> None:
+    def __init__(
+        self, path: Path, retry_seconds: float = WRITE_RETRY_SECONDS, journal: str | None = None
+    ) -> None:
+        """journal: the file name of this process's fetch-log journal, if not the default
+        (each of several server processes writes its own)."""
         self.path = path
         self.retry_seconds = retry_seconds
-        self.journal = FetchJournal(path.with_name(JOURNAL_NAME))
+        self.journal = FetchJournal(path.with_name(journal or JOURNAL_NAME))
         self._jobs: queue.SimpleQueue[tuple[Callable, tuple, Future] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
         # Set once when the writer thread dies; under _queueing, so that no job is queued
@@ -234,10 +238,16 @@ class Database:
 
     def open(self) -> Database:
         create_schema(self.path)
-        if self.journal.pending():  # a process died with rows on disk: replay them first
+        # A process died with rows on disk: replay them first (this process's name, or
+        # one of a server process that is gone).
+        leftovers = [j for j in orphaned_journals(self.path.parent) if j.path != self.journal.path]
+        if self.journal.pending() or leftovers:
             db = connect(self.path)
             try:
-                self.journal.replay(db)
+                for journal in leftovers:
+                    journal.replay(db)
+                if self.journal.pending():
+                    self.journal.replay(db)
             finally:
                 db.conn.close()
         self._writer.start()
@@ -502,7 +512,11 @@ class FetchJournal:
 
     def replay(self, db: sqlite_utils.Database) -> bool:
         """Write the journal's rows and remove it; False when the database is still locked."""
-        journal_id, rows = self._read()
+        try:
+            journal_id, rows = self._read()
+        except FileNotFoundError:  # another process replayed an orphan first
+            self._pending = False
+            return True
         busy_timeout = db.conn.execute("PRAGMA busy_timeout").fetchone()[0]
         db.conn.execute("PRAGMA busy_timeout = 100")  # the writer has new rows to journal
         try:
@@ -527,7 +541,7 @@ class FetchJournal:
             return False
         finally:
             db.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout)}")
-        self.path.unlink()
+        self.path.unlink(missing_ok=True)
         _fsync_directory(self.path.parent)
         self._pending = False
         self._backoff, self._next_try = 0.1, 0.0
@@ -549,6 +563,26 @@ class FetchJournal:
                 elif isinstance(value, list):
                     rows.append(tuple(value))
         return journal_id, rows
+
+
+def orphaned_journals(directory: Path) -> list[FetchJournal]:
+    """The journals of server processes that have exited (`fetchlog-journal.PID.jsonl`)."""
+    orphans = []
+    for path in directory.glob("fetchlog-journal.*.jsonl"):
+        pid = path.name.split(".")[1]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            orphans.append(FetchJournal(path))
+    return orphans
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -575,6 +609,14 @@ def is_transient(error: sqlite3.Error) -> bool:
 
 
 # --- queries ----------------------------------------------------------------------
+
+
+def cached_row(db: sqlite_utils.Database, upstream: str, path: str) -> dict | None:
+    cursor = db.conn.execute(
+        "SELECT * FROM cached WHERE upstream = ? AND path = ?", (upstream, path)
+    )
+    row = cursor.fetchone()
+    return dict(zip([c[0] for c in cursor.description], row, strict=True)) if row else None
 
 
 def load_cached(db: sqlite_utils.Database) -> list[dict]:

@@ -262,6 +262,14 @@ class DatabaseUnavailable(DebcacheError):
     """The database cannot take writes: its writer thread has died."""
 
 
+class FetcherUnavailable(DebcacheError):
+    """A worker process could not reach the fetcher process it relays misses to."""
+
+
+class WorkerCrashLoop(DebcacheError):
+    """A server process kept exiting right after it was restarted."""
+
+
 class StoreUnavailable(DebcacheError):
     """The cache could not write a file of its own (disk full, file size limit, I/O error)."""
 

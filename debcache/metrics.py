@@ -1,10 +1,16 @@
-"""Prometheus metrics for /_/metrics (prometheus_client, one registry per server)."""
+"""Prometheus metrics for /_/metrics (prometheus_client, one registry per server).
+
+Under the supervisor (several server processes), prometheus_client's multiprocess
+mode adds up every process's values: each writes them to files in the directory
+$PROMETHEUS_MULTIPROC_DIR names, and /_/metrics (the fetcher's) renders them all.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -34,7 +40,9 @@ class Metrics:
             "debcache_downloads_in_flight",
             "Upstream downloads and revalidations under way",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
+        self._count_in_flight: Callable[[], int] | None = None
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
         return Counter(name, documentation, list(labels), registry=self.registry)
@@ -52,7 +60,15 @@ class Metrics:
         self.upstream_requests.labels(upstream, outcome).inc()
 
     def track_in_flight(self, count: Callable[[], int]) -> None:
+        self._count_in_flight = count
         self.in_flight.set_function(count)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not directory:
+            return generate_latest(self.registry)
+        if self._count_in_flight is not None:  # a function gauge is not shared: set it
+            self.in_flight.set(self._count_in_flight())
+        everyone = CollectorRegistry()
+        multiprocess.MultiProcessCollector(everyone, directory)
+        return generate_latest(everyone)

@@ -72,6 +72,7 @@ class FetchRecord:
     source: str = "error"
     duration: float = 0.0
     complete: bool = False
+    relayed: bool = False  # answered by the fetcher process, which logs it: not a row here
 
 
 class FetchLog:
@@ -88,6 +89,8 @@ class FetchLog:
 
     def finish(self, record: FetchRecord) -> None:
         """Log a request once its response is over, complete or not."""
+        if record.relayed:
+            return
         record.duration = round(time.time() - record.time, 6)
         if self.metrics:
             self.metrics.count_file(record.source, record.status, record.size, record.complete)

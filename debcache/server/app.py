@@ -6,17 +6,19 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from .. import db as queries
-from ..cache import LiveCache
+from ..cache import LiveCache, StoreHits
 from ..config import Config
 from ..db import WRITE_RETRY_SECONDS, Database
 from ..errors import ApiNotAllowed, ConfigError, DebcacheError, UnsupportedMethod
@@ -27,6 +29,7 @@ from ..pinned import PinnedFiles
 from ..recording import FetchLog
 from ..resign import ensure_key
 from ..store import FileStore
+from ..supervisor import ChildSpec
 from ..upstream import UpstreamClient, create_session
 from . import admin, api
 from .errors import http_status
@@ -40,32 +43,63 @@ from .keys import (
     MACHINE_NAMES,
     METRICS,
     PINNED,
+    RELAY,
     UPSTREAM,
 )
 from .live import addressed_to_this_server, forwarded_upstream, is_absolute_form, serve_live
 from .machine_names import MachineNames
 from .pinned import pinned_root, serve_manifest, serve_pinned
+from .relay import CLIENT_HEADER, FetcherRelay, RelayedResponse
 from .responses import SOURCE_HEADER
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(config: Config, write_retry_seconds: float = WRITE_RETRY_SECONDS) -> web.Application:
+@dataclass(frozen=True)
+class Role:
+    """What one server process does (see supervisor.py).
+
+    single: everything (the one process of `workers = 1`, and in-process tests);
+    fetcher: everything, but only for the workers, on a private Unix socket;
+    worker: hits from the store; the rest relayed to the fetcher at `fetcher_socket`.
+    """
+
+    name: str = "single"
+    fetcher_socket: str | None = None
+    supervised: bool = False  # then the supervisor swept the temp files, not us
+
+    @property
+    def relays(self) -> bool:
+        return self.name == "worker"
+
+
+SINGLE = Role()
+
+
+def create_app(
+    config: Config, write_retry_seconds: float = WRITE_RETRY_SECONDS, role: Role = SINGLE
+) -> web.Application:
     """The debcache web application for `config`; services start with the app.
 
     write_retry_seconds: how long the database writer retries a locked database before
     fetch-log rows wait in its journal (tests make it short)."""
+    first = [relayed_client_middleware] if role.name == "fetcher" else []
+    relaying = [relay_middleware] if role.relays else []
     app = web.Application(
         middlewares=[
+            *first,
             metrics_middleware,
             error_middleware,
+            *relaying,
             forward_proxy_middleware,
             status_access_middleware,
         ]
     )
     app[CONFIG] = config
-    app.cleanup_ctx.append(functools.partial(services, write_retry_seconds=write_retry_seconds))
+    app.cleanup_ctx.append(
+        functools.partial(services, write_retry_seconds=write_retry_seconds, role=role)
+    )
     app.router.add_get("/", admin.front_page)
     app.router.add_get("/_/", admin.status_page)
     app.router.add_get("/_/health", admin.health)
@@ -90,22 +124,30 @@ def create_app(config: Config, write_retry_seconds: float = WRITE_RETRY_SECONDS)
 
 
 async def services(
-    app: web.Application, write_retry_seconds: float = WRITE_RETRY_SECONDS
+    app: web.Application, write_retry_seconds: float = WRITE_RETRY_SECONDS, role: Role = SINGLE
 ) -> AsyncIterator[None]:
     """Open the store, the database and the upstream session; close them on shutdown."""
     config = app[CONFIG]
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if any(branch.resign for branch in config.branches.values()):
         await asyncio.to_thread(ensure_key, config.data_dir)  # fails now if gpg is missing
-    store = FileStore(config.data_dir).open()
-    database = Database(config.data_dir / "debcache.db", write_retry_seconds).open()
+    store = FileStore(config.data_dir)
+    store.create_directories() if role.supervised else store.open()
+    # A worker's rows wait in a journal of its own: several processes write at once.
+    journal = f"fetchlog-journal.{os.getpid()}.jsonl" if role.relays else None
+    database = Database(config.data_dir / "debcache.db", write_retry_seconds, journal).open()
     session = create_session()
     downloads = Downloads(store)
     metrics = Metrics()
     metrics.track_in_flight(downloads.count)
     client = UpstreamClient(session, metrics)  # one failover state for live misses and fills
-    cache = LiveCache(store, database, downloads, client)
-    await cache.load()
+    if role.relays:
+        assert role.fetcher_socket is not None
+        cache: LiveCache | StoreHits = StoreHits(store, database.path)
+        app[RELAY] = FetcherRelay(role.fetcher_socket)
+    else:
+        cache = LiveCache(store, database, downloads, client)
+        await cache.load()
     pinned = PinnedFiles(config, database, store, client)
     app[CACHE], app[FETCH_LOG], app[PINNED] = cache, FetchLog(database, metrics), pinned
     app[METRICS], app[DATABASE], app[UPSTREAM] = metrics, database, client
@@ -115,6 +157,10 @@ async def services(
     try:
         yield
     finally:
+        if RELAY in app:
+            await app[RELAY].close()
+        if isinstance(cache, StoreHits):
+            cache.close()
         await downloads.close()
         await app[BLOBS].close()
         await pinned.close()  # its fills use the session, its re-signings the database
@@ -125,15 +171,35 @@ async def services(
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count every request with the status it got: errors, 404s and 405s of the router,
-    and refusals raised before any handler included."""
+    and refusals raised before any handler included. A relayed request is the
+    fetcher's to count."""
     metrics = request.app[METRICS]
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         metrics.count_request("none", exc.status)
         raise
-    metrics.count_request(response.headers.get(SOURCE_HEADER, "none"), response.status)
+    if not isinstance(response, RelayedResponse):
+        metrics.count_request(response.headers.get(SOURCE_HEADER, "none"), response.status)
     return response
+
+
+@web.middleware
+async def relayed_client_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The fetcher's requests come from workers: the client is the one they name."""
+    return await handler(request.clone(remote=request.headers.get(CLIENT_HEADER, "")))
+
+
+# debcache's own pages a worker answers itself; every other /_/ page is the fetcher's,
+# which holds the state they show (downloads, upstream health) and runs the API.
+WORKER_PAGES = ("/_/health",)
+
+
+@web.middleware
+async def relay_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/_/") and request.path not in WORKER_PAGES:
+        return await request.app[RELAY].forward(request)
+    return await handler(request)
 
 
 @web.middleware
@@ -286,29 +352,76 @@ LISTEN_BACKLOG = 128  # aiohttp's own default
 
 
 async def run_server(
-    config: Config, sockets: list[socket.socket], stop: asyncio.Event | None = None
+    config: Config,
+    sockets: list[socket.socket],
+    stop: asyncio.Event | None = None,
+    role: Role = SINGLE,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Serve on `sockets` until `stop` is set (or SIGINT/SIGTERM when run as a service)."""
+    """Serve on `sockets` until `stop` is set (or SIGINT/SIGTERM when run as a service).
+
+    On stop, the sockets close first, then responses under way get up to
+    SHUTDOWN_TIMEOUT seconds to finish."""
     stop = stop or asyncio.Event()
+    # The fetcher's requests are the workers' relays, which the workers log.
+    access_log = None if role.name == "fetcher" else logging.getLogger("debcache.access")
     runner = web.AppRunner(
-        create_app(config),
+        create_app(config, role=role),
         access_log_class=AccessLogger,
-        access_log=logging.getLogger("debcache.access"),
+        access_log=access_log,
         handle_signals=False,
         logger=http_logger(),  # a malformed request: one line, not a traceback
-        shutdown_timeout=5,  # a client that stopped reading must not hold up a restart
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     await runner.setup()
     try:
         for sock in sockets:
             await web.SockSite(runner, sock).start()
+        if on_ready is not None:
+            on_ready()
         await stop.wait()
     finally:
         await runner.cleanup()
 
 
+# Seconds responses under way may take to finish when a process stops or is replaced by
+# a reload; a client that stopped reading must not hold up a restart for longer.
+SHUTDOWN_TIMEOUT = 10.0
+
+
+def serve_child(config: Config, spec: ChildSpec) -> None:
+    """A server process of the supervisor's: serve on the sockets it passed until told
+    to stop (SIGTERM, SIGINT) or until the supervisor is gone (its pipe ends)."""
+    role = Role(spec.role, spec.fetcher_socket, supervised=True)
+    sockets = [socket.socket(fileno=fd) for fd in spec.listen_fds]
+
+    def ready() -> None:
+        os.write(spec.ready_fd, b"ready\n")
+        os.close(spec.ready_fd)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        # SIGHUP is the supervisor's (reload); a terminal's hangup must not end a child.
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        loop.add_reader(spec.parent_fd, _on_parent_pipe, spec.parent_fd, stop)
+        await run_server(config, sockets, stop, role, ready)
+
+    asyncio.run(main())
+
+
+def _on_parent_pipe(fd: int, stop: asyncio.Event) -> None:
+    """Readable only at its end: the supervisor is gone, so this process stops too."""
+    if not os.read(fd, 1):
+        asyncio.get_running_loop().remove_reader(fd)
+        log.warning("the supervisor is gone; stopping")
+        stop.set()
+
+
 def serve_forever(config: Config, sockets: list[socket.socket]) -> None:
-    """The `debcache serve` main loop: stops cleanly on SIGINT and SIGTERM."""
+    """`debcache serve` in this one process: stops cleanly on SIGINT and SIGTERM."""
 
     async def main() -> None:
         stop = asyncio.Event()

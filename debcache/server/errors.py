@@ -50,6 +50,7 @@ HTTP_STATUS: dict[type[errors.DebcacheError], int] = {
     errors.ImportFailed: 502,
     errors.DatabaseUnavailable: 503,
     errors.StoreUnavailable: 503,
+    errors.FetcherUnavailable: 503,
     # A blob a manifest holds but the store lost: `debcache verify` repairs it.
     errors.BlobGone: 503,
     errors.CorruptBlob: 503,

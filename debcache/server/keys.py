@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from ..cache import LiveCache
+from ..cache import LiveCache, StoreHits
 from ..config import Config
 from ..db import Database
 from ..integrity import CheckedBlobs
@@ -11,9 +11,10 @@ from ..pinned import PinnedFiles
 from ..recording import FetchLog
 from ..upstream import UpstreamClient
 from .machine_names import MachineNames
+from .relay import FetcherRelay
 
 CONFIG = web.AppKey("config", Config)
-CACHE = web.AppKey("cache", LiveCache)
+CACHE = web.AppKey("cache", LiveCache | StoreHits)
 FETCH_LOG = web.AppKey("fetch_log", FetchLog)
 PINNED = web.AppKey("pinned", PinnedFiles)
 METRICS = web.AppKey("metrics", Metrics)
@@ -21,3 +22,4 @@ DATABASE = web.AppKey("database", Database)
 MACHINE_NAMES = web.AppKey("machine_names", MachineNames)
 UPSTREAM = web.AppKey("upstream", UpstreamClient)
 BLOBS = web.AppKey("blobs", CheckedBlobs)
+RELAY = web.AppKey("relay", FetcherRelay)  # worker processes only

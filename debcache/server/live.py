@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 from aiohttp import HttpVersion11, web
 
 from ..archive import parse_archive_path
-from ..cache import FromStore, Outcome, PassedOn, Streaming
+from ..cache import FromStore, Outcome, PassedOn, Relayed, Streaming
 from ..config import Config, Upstream
 from ..errors import (
     BlobGone,
@@ -27,7 +27,7 @@ from ..errors import (
 from ..http_dates import http_date_timestamp
 from ..recording import FetchRecord, check_recording_name, recording_from_credentials
 from .errors import http_status
-from .keys import BLOBS, CACHE, CONFIG, FETCH_LOG
+from .keys import BLOBS, CACHE, CONFIG, FETCH_LOG, RELAY
 from .responses import SOURCE_HEADER, archive_headers, send_blob
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,13 @@ async def respond(
     request: web.Request, target: Target, outcome: Outcome, record: FetchRecord
 ) -> web.StreamResponse:
     record.source = getattr(outcome, "source", "upstream")
+    if isinstance(outcome, Relayed):
+        relay = request.app[RELAY]
+        response = await relay.forward_live(
+            request, target.upstream.name, target.path, target.recording
+        )
+        record.relayed = True  # the fetcher answered it, and logs it
+        return response
     if isinstance(outcome, FromStore):
         return await _send_blob(request, target, outcome, record)
     if isinstance(outcome, Streaming):
