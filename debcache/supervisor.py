@@ -145,8 +145,10 @@ class Supervisor:
             try:
                 self.current = await self._start_generation()
             except ChildFailed as exc:
+                if not exc.status or exc.status < 0:  # killed: it could not say why itself
+                    log.error("%s; debcache stops", exc)
                 return exc.status if exc.status and exc.status > 0 else 1
-            self.notifier.notify("READY=1", f"STATUS=serving with {self.workers} worker(s)")
+            self._say_ready()
             await self._serve()
         finally:
             self.notifier.notify("STOPPING=1")
@@ -178,9 +180,14 @@ class Supervisor:
             self.notifier.notify("READY=1", "STATUS=reload failed; serving as before")
             return
         old, self.current = self.current, new
-        self.notifier.notify("READY=1", f"STATUS=serving with {self.workers} worker(s)")
+        self._say_ready()
         log.info("reloaded; the previous processes finish their responses and stop")
         await self._stop_children(old)
+
+    def _say_ready(self) -> None:
+        processes = ", ".join(f"{c.slot} {c.process.pid}" for c in self.current)
+        log.info("serving (pids: %s)", processes)
+        self.notifier.notify("READY=1", f"STATUS=serving with {self.workers} worker(s)")
 
     # --- children -----------------------------------------------------------------
 

@@ -357,11 +357,14 @@ async def run_server(
     stop: asyncio.Event | None = None,
     role: Role = SINGLE,
     on_ready: Callable[[], None] | None = None,
+    accepted_grace: float = 0.0,
 ) -> None:
     """Serve on `sockets` until `stop` is set (or SIGINT/SIGTERM when run as a service).
 
-    On stop, the sockets close first, then responses under way get up to
-    SHUTDOWN_TIMEOUT seconds to finish."""
+    On stop, this process stops accepting first; connections it accepted get
+    `accepted_grace` seconds to send their request (else aiohttp would close them
+    unanswered, a failed request for a client that a process beside this one would
+    have served), then responses under way get up to SHUTDOWN_TIMEOUT seconds."""
     stop = stop or asyncio.Event()
     # The fetcher's requests are the workers' relays, which the workers log.
     access_log = None if role.name == "fetcher" else logging.getLogger("debcache.access")
@@ -380,10 +383,16 @@ async def run_server(
         if on_ready is not None:
             on_ready()
         await stop.wait()
+        for site in list(runner.sites):
+            await site.stop()
+        if accepted_grace and runner.server is not None and runner.server.connections:
+            await asyncio.sleep(accepted_grace)
     finally:
         await runner.cleanup()
 
 
+# Seconds a connection accepted just before a server process stops has to send its request.
+ACCEPTED_GRACE = 1.0
 # Seconds responses under way may take to finish when a process stops or is replaced by
 # a reload; a client that stopped reading must not hold up a restart for longer.
 SHUTDOWN_TIMEOUT = 10.0
@@ -407,7 +416,7 @@ def serve_child(config: Config, spec: ChildSpec) -> None:
         # SIGHUP is the supervisor's (reload); a terminal's hangup must not end a child.
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         loop.add_reader(spec.parent_fd, _on_parent_pipe, spec.parent_fd, stop)
-        await run_server(config, sockets, stop, role, ready)
+        await run_server(config, sockets, stop, role, ready, ACCEPTED_GRACE)
 
     asyncio.run(main())
 
