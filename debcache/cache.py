@@ -122,6 +122,9 @@ class LiveCache:
         blob = self.store.local_path(file.sha256)
         return (file, blob) if blob.is_file() else None
 
+    def forget(self, upstream: str, path: str) -> None:
+        """Nothing to forget: `lookup` checks that the blob is there each time."""
+
     async def fetch(self, upstream: Upstream, path: str) -> Outcome:
         """Where the body of `path` comes from for this request."""
         cached = self.lookup(upstream.name, path)
@@ -328,29 +331,34 @@ class StoreHits:
     def __init__(self, store: FileStore, database_path: Path) -> None:
         self.store = store
         self._db = queries.connect(database_path)
-        self._files: dict[tuple[str, str], CachedFile] = {}
+        self._files: dict[tuple[str, str], tuple[CachedFile, Path]] = {}
 
     def close(self) -> None:
         self._db.conn.close()
 
     def lookup(self, upstream: str, path: str) -> tuple[CachedFile, Path] | None:
+        """A remembered path is served without a stat: opening its blob finds it gone
+        (BlobGone), and then `forget` makes the next lookup read the database again."""
         key = (upstream, path)
-        file = self._files.get(key)
-        if file is None:
-            if not classify_path(path).immutable:
-                return None
-            row = queries.cached_row(self._db, upstream, path)
-            if row is None:
-                return None
-            file = CachedFile(**row)
-            if len(self._files) >= self.REMEMBERED:
-                self._files.clear()
-            self._files[key] = file
+        found = self._files.get(key)
+        if found is not None:
+            return found
+        if not classify_path(path).immutable:
+            return None
+        row = queries.cached_row(self._db, upstream, path)
+        if row is None:
+            return None
+        file = CachedFile(**row)
         blob = self.store.local_path(file.sha256)
-        if blob.is_file():
-            return file, blob
-        del self._files[key]  # evicted or quarantined: the fetcher gets it again
-        return None
+        if not blob.is_file():  # evicted or quarantined: the fetcher gets it again
+            return None
+        if len(self._files) >= self.REMEMBERED:
+            self._files.clear()
+        self._files[key] = (file, blob)
+        return file, blob
+
+    def forget(self, upstream: str, path: str) -> None:
+        self._files.pop((upstream, path), None)
 
     async def fetch(self, upstream: Upstream, path: str) -> Outcome:
         found = self.lookup(upstream.name, path)

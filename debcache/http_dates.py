@@ -5,10 +5,12 @@ Both use the RFC 5322 form (`Sat, 01 Jun 2024 12:00:00 GMT`), whole seconds only
 
 from __future__ import annotations
 
+import functools
 import math
 from email.utils import parsedate_to_datetime
 
 
+@functools.lru_cache(maxsize=4096)  # a hit parses its file's Last-Modified: the same strings
 def http_date_timestamp(value: str | None) -> float | None:
     """The POSIX time of an HTTP date header (or a Release's Valid-Until), or None."""
     if not value:

@@ -37,7 +37,7 @@ class CheckedBlobs:
     async def open(self, sha256: str, size: int | None) -> BinaryIO:
         """The blob, open for reading, of `size` bytes (if known) and hashing to `sha256`."""
         try:
-            blob_file = open(self.store.local_path(sha256), "rb")  # noqa: SIM115 (the caller's)
+            blob_file = open(self.store.blob_name(sha256), "rb")  # noqa: SIM115 (the caller's)
         except FileNotFoundError:
             raise BlobGone(
                 f"blob {sha256} is not in the store (evicted by gc, or quarantined as corrupt)",

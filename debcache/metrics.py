@@ -43,18 +43,30 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self._count_in_flight: Callable[[], int] | None = None
+        self._request_children: dict[tuple[str, int], Counter] = {}
+        self._byte_children: dict[str, Counter] = {}
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
         return Counter(name, documentation, list(labels), registry=self.registry)
 
     def count_request(self, source: str, status: int) -> None:
         """Every request the server answers, debcache's own pages and errors included."""
-        self.requests.labels(source, str(status)).inc()
+        # The labelled child, looked up once per (source, status): labels() takes a lock
+        # and formats its values on every call, on the path of every hit.
+        child = self._request_children.get((source, status))
+        if child is None:
+            child = self._request_children[(source, status)] = self.requests.labels(
+                source, str(status)
+            )
+        child.inc()
 
     def count_file(self, source: str, status: int, size: int | None, complete: bool) -> None:
         """An archive file's fetch-log row: its bytes count once it went out whole."""
         if complete and size and status == 200:
-            self.response_bytes.labels(source).inc(size)
+            child = self._byte_children.get(source)
+            if child is None:
+                child = self._byte_children[source] = self.response_bytes.labels(source)
+            child.inc(size)
 
     def count_upstream(self, upstream: str, outcome: str) -> None:
         self.upstream_requests.labels(upstream, outcome).inc()

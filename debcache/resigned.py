@@ -100,4 +100,6 @@ class ResignedReleases:
             for name, (sha256, size) in made.items()
         ]  # fmt: skip
         await self.database.write(queries.insert_resigned, rows)
-        return made
+        # Another server process may have signed the same Release at the same time: the
+        # first stored wins, so every process serves the same bytes.
+        return await self.database.read(queries.resigned_files, manifest_id, upstream, suite)

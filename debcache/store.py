@@ -36,6 +36,7 @@ class FileStore:
 
     def __init__(self, data_dir: Path) -> None:
         self.blobs = data_dir / "blobs" / "sha256"
+        self._blobs_prefix = f"{self.blobs}/"
         self.tmp = data_dir / "tmp"
         self.quarantine = data_dir / "quarantine"
         # Blobs hashed since this process started: what it committed (hashed while
@@ -59,9 +60,13 @@ class FileStore:
         return self
 
     def local_path(self, sha256: str) -> Path:
+        return Path(self.blob_name(sha256))
+
+    def blob_name(self, sha256: str) -> str:
+        """local_path as a string: what opening a blob on every hit needs, without Path's cost."""
         if not SHA256_PATTERN.fullmatch(sha256):
             raise ValueError(f"not a sha256 digest: {sha256!r}")
-        return self.blobs / sha256[:2] / sha256
+        return f"{self._blobs_prefix}{sha256[:2]}/{sha256}"
 
     def has(self, sha256: str) -> bool:
         return self.local_path(sha256).is_file()

@@ -3,6 +3,8 @@ kill -9, start-up errors) and for the benchmarks, and waiting on a condition wit
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -65,3 +67,40 @@ def wait_healthy(process: subprocess.Popen, port: int) -> None:
             return False
 
     wait_until(healthy, "debcache serve to answer /_/health")
+
+
+def server_processes(pid: int) -> dict[int, str]:
+    """The processes of the `debcache serve` with this pid: pid → "supervisor", or the
+    role its supervisor gave it (fetcher, worker, single), read from /proc."""
+    found = {pid: "supervisor"}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) != pid:
+            continue
+        for variable in environ:
+            if variable.startswith(b"DEBCACHE_CHILD="):
+                found[int(entry.name)] = json.loads(variable.partition(b"=")[2])["role"]
+    return found
+
+
+def status_kb(pid: int, field_name: str) -> int:
+    """A figure of /proc/PID/status in kB (VmRSS, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field_name}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field_name} in /proc/{pid}/status")
+
+
+def server_status_kb(pid: int, field_name: str) -> int:
+    """The sum of a /proc status figure over every process of the server."""
+    return sum(status_kb(process, field_name) for process in server_processes(pid))
+
+
+def server_open_fds(pid: int) -> int:
+    return sum(len(os.listdir(f"/proc/{process}/fd")) for process in server_processes(pid))

@@ -33,14 +33,15 @@ def test_kill_9_mid_download_leaves_nothing_corrupt(
     bigpkg = archive.pool_path("bigpkg")
     mirror.set_fault(f"/debian/{bigpkg}", Fault.slow(chunk=65536, delay=0.05, times=1))
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    server = start_serve(config, port, **quiet)
+    server = start_serve(config, port, start_new_session=True, **quiet)
     try:
         client = socket.create_connection(("127.0.0.1", port), timeout=30)
         client.sendall(f"GET /debian/{bigpkg} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert client.recv(100).startswith(b"HTTP/1.1 200")
         partials = lambda: [p for p in (data / "tmp").iterdir() if p.stat().st_size > 0]  # noqa: E731
         wait_until(partials, "a partial download")
-        os.kill(server.pid, signal.SIGKILL)
+        # A power cut: every process of the server at once (start_serve's own session).
+        os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=10)
         client.close()
         assert partials()  # the crash left a partial file behind...

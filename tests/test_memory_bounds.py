@@ -27,7 +27,7 @@ from archive_fixture import Archive
 from debcache_server import DebcacheServer, make_config, write_config_file
 from fake_mirror import FakeMirror
 from http_client import get
-from processes import free_port, start_serve, wait_until
+from processes import free_port, server_processes, start_serve, status_kb, wait_until
 
 ROOT = Path(__file__).parent.parent
 INRELEASE = "dists/bookworm/InRelease"
@@ -66,10 +66,8 @@ def hostile_mirror_root(www: Path, archive: Archive, files: dict[str, bytes | Pa
 
 
 def peak_rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+    """The highest peak of one process of the server (the fetcher reads the index)."""
+    return max(status_kb(process, "VmHWM") for process in server_processes(pid))
 
 
 def pool_hashes(data_dir: Path) -> list[tuple]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from apt import AptRoot
 from archive_fixture import Archive, point_release
 from fake_mirror import FakeMirror
-from processes import free_port, start_serve, wait_until
+from processes import free_port, server_open_fds, server_status_kb, start_serve, wait_until
 from workflow import freeze_json, keyed_debcache_for, record_install
 
 ROOT = Path(__file__).parent.parent
@@ -70,17 +70,6 @@ class Tally:
             self.peak_rss_kb = max(self.peak_rss_kb, rss_kb)
             if problem:
                 self.wrong.append(problem)
-
-
-def status_kb(pid: int, field_name: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field_name}:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field_name} in /proc/{pid}/status")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def snapshot(archive: Archive) -> dict[str, str]:
@@ -128,7 +117,7 @@ def client(
                 connection.close()
             problem = check(route, path, reply.status, body, old, new)
             manifest = reply.getheader("X-Debcache-Manifest")
-            tally.add(route, problem, status_kb(pid, "VmRSS"), manifest)
+            tally.add(route, problem, server_status_kb(pid, "VmRSS"), manifest)
             sent += 1
     finally:
         connection.close()
@@ -192,7 +181,7 @@ def test_a_mixed_soak_serves_exact_bytes_loses_no_row_and_does_not_grow(
             problem = check(route, path, reply.status, reply.read(), old, new)
             tally.add(route, problem, 0, None)
             warm.close()
-        fds_before = open_fds(server.pid)
+        fds_before = server_open_fds(server.pid)
 
         switched, cycles = threading.Event(), []
         until = time.monotonic() + SOAK_SECONDS if SOAK_SECONDS > 0 else None
@@ -220,11 +209,11 @@ def test_a_mixed_soak_serves_exact_bytes_loses_no_row_and_does_not_grow(
 
         rows = setup.wait_for_fetches(tally.recorded, "soak", deadline=120)
         fds_after = wait_until(
-            lambda: (n := open_fds(server.pid)) <= fds_before + FD_SLACK and n,
-            lambda: f"fds back to {fds_before} + {FD_SLACK} (now {open_fds(server.pid)})",
+            lambda: (n := server_open_fds(server.pid)) <= fds_before + FD_SLACK and n,
+            lambda: f"fds back to {fds_before} + {FD_SLACK} (now {server_open_fds(server.pid)})",
             deadline=120,
         )
-        peak = status_kb(server.pid, "VmHWM")
+        peak = server_status_kb(server.pid, "VmHWM")  # every process's peak, added up
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -25,7 +25,14 @@ from archive_fixture import Archive
 from click.testing import CliRunner
 from fake_mirror import FakeMirror, Fault
 from http_client import get
-from processes import free_port, serve_command, start_serve, wait_healthy, wait_until
+from processes import (
+    free_port,
+    serve_command,
+    server_processes,
+    start_serve,
+    wait_healthy,
+    wait_until,
+)
 
 from debcache.cli import cli
 from debcache.config import load_config
@@ -105,21 +112,7 @@ def served(tmp_path: Path, mirror: FakeMirror, archive: Archive):
 
 def children_of(parent: int) -> dict[int, str]:
     """pid → role of the server processes whose parent is `parent` (from /proc)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) != parent:
-            continue
-        for variable in environ:
-            if variable.startswith(b"DEBCACHE_CHILD="):
-                found[int(entry.name)] = json.loads(variable.partition(b"=")[2])["role"]
-    return found
+    return {pid: role for pid, role in server_processes(parent).items() if pid != parent}
 
 
 def gone(pid: int) -> bool:
@@ -196,8 +189,15 @@ def test_every_request_over_all_workers_gets_one_fetch_log_row(
         replies = [r for path in paths for r in burst(server.url, f"/record/r1/debian/{path}", 8)]
         sent += len(replies)
         assert sorted({r.status for r in replies}) == [200, 404]
+    # A client cannot pass itself off as another through the worker's relay header.
+    spoofed = {"x-debcache-client": "203.0.113.9"}
+    assert get(server.url, f"/record/r1/debian/{INRELEASE}", headers=spoofed).status == 200
+    sent += 1
     wait_until(lambda: server.rows("r1") >= sent, lambda: f"{sent} rows, not {server.rows('r1')}")
     assert server.rows("r1") == sent
+    with sqlite3.connect(server.data / "debcache.db") as db:
+        clients = {row[0] for row in db.execute("SELECT DISTINCT client FROM fetches")}
+    assert clients == {"127.0.0.1"}
 
 
 def test_a_promote_or_rollback_is_seen_by_every_worker(

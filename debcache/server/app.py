@@ -33,7 +33,7 @@ from ..supervisor import ChildSpec
 from ..upstream import UpstreamClient, create_session
 from . import admin, api
 from .errors import http_status
-from .http_log import http_logger
+from .http_log import BatchedAccessLog, http_logger
 from .keys import (
     BLOBS,
     CACHE,
@@ -416,7 +416,12 @@ def serve_child(config: Config, spec: ChildSpec) -> None:
         # SIGHUP is the supervisor's (reload); a terminal's hangup must not end a child.
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         loop.add_reader(spec.parent_fd, _on_parent_pipe, spec.parent_fd, stop)
-        await run_server(config, sockets, stop, role, ready, ACCEPTED_GRACE)
+        flushing = asyncio.ensure_future(BatchedAccessLog.install().run())
+        try:
+            await run_server(config, sockets, stop, role, ready, ACCEPTED_GRACE)
+        finally:
+            flushing.cancel()
+            await asyncio.gather(flushing, return_exceptions=True)
 
     asyncio.run(main())
 

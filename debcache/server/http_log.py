@@ -8,8 +8,11 @@ use (`AppRunner(logger=...)`), so debcache hands it one with this filter.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 
@@ -70,3 +73,49 @@ def http_logger() -> logging.Logger:
     if not any(isinstance(f, BadRequestLines) for f in logger.filters):
         logger.addFilter(BadRequestLines())
     return logger
+
+
+ACCESS_LOGGER = "debcache.access"
+ACCESS_FLUSH_SECONDS = 0.25
+
+
+class BatchedAccessLog(logging.StreamHandler):
+    """The access log of a server process, written in batches.
+
+    One line per request written and flushed on its own cost a write(2) per hit,
+    a tenth of a worker's time on small files. Lines go to a buffered copy of
+    stderr instead, flushed by `run` every ACCESS_FLUSH_SECONDS and when the buffer
+    fills; never later than that after the request.
+    """
+
+    def __init__(self, formatter: logging.Formatter | None) -> None:
+        stream = open(os.dup(2), "w", buffering=1 << 16, encoding="utf-8", errors="replace")  # noqa: SIM115
+        super().__init__(stream)
+        if formatter is not None:
+            self.setFormatter(formatter)
+
+    def flush(self) -> None:
+        """Per record: nothing (the batch is flushed by `run`)."""
+
+    def flush_batch(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()
+
+    async def run(self) -> None:
+        """Flush every ACCESS_FLUSH_SECONDS until cancelled, then once more."""
+        try:
+            while True:
+                await asyncio.sleep(ACCESS_FLUSH_SECONDS)
+                self.flush_batch()
+        finally:
+            self.flush_batch()
+
+    @classmethod
+    def install(cls) -> BatchedAccessLog:
+        """Route the access log through a batched handler with the root handler's format."""
+        root_handlers = logging.getLogger().handlers
+        handler = cls(root_handlers[0].formatter if root_handlers else None)
+        access = logging.getLogger(ACCESS_LOGGER)
+        access.addHandler(handler)
+        access.propagate = False
+        return handler

@@ -59,6 +59,7 @@ async def serve_live(request: web.Request) -> web.StreamResponse:
         except BlobGone as exc:
             # Quarantined (or evicted) before a byte went out: now a miss, fetched again.
             log.warning("%s/%s: %s; fetching it again", target.upstream.name, target.path, exc)
+            cache.forget(target.upstream.name, target.path)
             outcome = await cache.fetch(target.upstream, target.path)
             return await respond(request, target, outcome, record)
     except DebcacheError as exc:

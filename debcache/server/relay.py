@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
+from multidict import CIMultiDict
 
 from ..errors import FetcherUnavailable
 
@@ -38,18 +39,21 @@ LIVE_REQUEST_HEADERS = (
 )
 # Hop-by-hop headers (RFC 9110 7.6.1) and the ones aiohttp sets itself.
 NOT_RELAYED = {
-    hdrs.CONNECTION,
-    hdrs.KEEP_ALIVE,
-    hdrs.PROXY_AUTHENTICATE,
-    hdrs.PROXY_AUTHORIZATION,
-    hdrs.TE,
-    hdrs.TRAILER,
-    hdrs.TRANSFER_ENCODING,
-    hdrs.UPGRADE,
-    hdrs.HOST,
-    hdrs.CONTENT_LENGTH,
-    hdrs.DATE,
-    hdrs.SERVER,
+    name.lower()
+    for name in (
+        hdrs.CONNECTION,
+        hdrs.KEEP_ALIVE,
+        hdrs.PROXY_AUTHENTICATE,
+        hdrs.PROXY_AUTHORIZATION,
+        hdrs.TE,
+        hdrs.TRAILER,
+        hdrs.TRANSFER_ENCODING,
+        hdrs.UPGRADE,
+        hdrs.HOST,
+        hdrs.CONTENT_LENGTH,
+        hdrs.DATE,
+        hdrs.SERVER,
+    )
 }
 
 
@@ -91,23 +95,28 @@ class FetcherRelay:
         if recording:
             target = f"/record/{quote(recording, safe='')}{target}"
         wanted = (name for name in LIVE_REQUEST_HEADERS if name in request.headers)
-        headers = {name: request.headers[name] for name in wanted}
+        headers = CIMultiDict((name, request.headers[name]) for name in wanted)
         return await self._relay(request, request.method, target, headers, None)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        """Any request, as it came (the status page, the API)."""
-        headers = {k: v for k, v in request.headers.items() if k not in NOT_RELAYED}
+        """Any request, as it came (the status page, the API); origin-form even when it
+        came in absolute form."""
+        headers = CIMultiDict(
+            (k, v) for k, v in request.headers.items() if k.lower() not in NOT_RELAYED
+        )
         body = await request.read() if request.can_read_body else None
-        return await self._relay(request, request.method, request.raw_path, headers, body)
+        target = request.rel_url.raw_path_qs
+        return await self._relay(request, request.method, target, headers, body)
 
     async def _relay(
         self,
         request: web.Request,
         method: str,
         target: str,
-        headers: dict[str, str],
+        headers: CIMultiDict[str],
         body: bytes | None,
     ) -> web.StreamResponse:
+        # Set, not added: a client's own X-Debcache-Client (any case) is replaced.
         headers[CLIENT_HEADER] = request.remote or ""
         # An HTTP/1.0 client takes no chunked body: the fetcher must know (it then sends
         # a body of unknown length whole, once verified).
@@ -122,7 +131,7 @@ class FetcherRelay:
         self,
         method: str,
         target: str,
-        headers: dict[str, str],
+        headers: CIMultiDict[str],
         body: bytes | None,
         version: aiohttp.HttpVersion,
     ) -> aiohttp.ClientResponse:
@@ -150,7 +159,9 @@ class FetcherRelay:
     async def _stream_back(
         self, request: web.Request, answer: aiohttp.ClientResponse
     ) -> web.StreamResponse:
-        headers = {k: v for k, v in answer.headers.items() if k not in NOT_RELAYED}
+        headers = CIMultiDict(
+            (k, v) for k, v in answer.headers.items() if k.lower() not in NOT_RELAYED
+        )
         response = RelayedResponse(status=answer.status, reason=answer.reason, headers=headers)
         length = answer.content_length
         if length is not None:
