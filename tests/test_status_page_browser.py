@@ -232,7 +232,11 @@ def test_the_status_page_shows_branches_and_upstream_health_as_text(
         assert row["label"].text() == LABEL
         assert row["note"].text() == NOTE
         assert row["files"].text() == str(len(files))
-        assert row["blobs"].text().startswith(f"all {len({f['sha256'] for f in files})} present")
+        assert (
+            row["blobs"]
+            .text()
+            .startswith(f"all {len({f['sha256'] for f in files})} blobs present (verify of ")
+        )
         assert row["last promote or rollback"].text().endswith(" UTC")
         # Promoted after the last verify: that verify says nothing of it.
         assert branches["fresh"]["blobs"].text() == "not verified yet"
@@ -286,6 +290,8 @@ def test_a_branch_page_shows_its_history_and_what_its_last_promote_changed(
         assert [[cell.text() for cell in row.values()] for row in rows] == [
             ["added", p["package"], p["architecture"], p["version"]] for p in packages
         ]
+        index_summary = [p.text() for p in page.iter("p") if p.text().startswith("Index files: ")]
+        assert len(index_summary) == (1 if expected[0]["index_files"] else 0)
         intro = f"From manifest {first[:12]} to branch lab (manifest {second[:12]})."
         assert intro in [p.text() for p in page.iter("p")]
         no_markup_from_text(page)

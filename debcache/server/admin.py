@@ -142,8 +142,8 @@ def _verified(verified: dict | None) -> str:
         return "not verified yet"
     on = f"(verify of {when(verified['time'])})"
     if verified["lost"]:
-        return f"{verified['lost']} of {verified['blobs']} missing {on}"
-    return f"all {verified['blobs']} present {on}"
+        return f"{verified['lost']} of {verified['blobs']} blobs missing {on}"
+    return f"all {verified['blobs']} blobs present {on}"
 
 
 def _upstream_table(request: web.Request) -> Markup:
