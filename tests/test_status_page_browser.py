@@ -12,7 +12,6 @@ test's tmp_path); see tests/README.md.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 from archive_fixture import Archive
 from debcache_server import DebcacheServer, make_config, write_config_file
-from fake_mirror import FakeMirror
+from fake_mirror import FakeMirror, Fault
 from http_client import get
 from processes import free_port
 from workflow import freeze_json, run
@@ -171,7 +170,7 @@ def lab(tmp_path: Path, mirror: FakeMirror, archive: Archive) -> Iterator[Debcac
     config = make_config(
         tmp_path / "data", upstreams, keyring=archive.key.keyring, coalesce_window=0, timeout=5
     )
-    server = DebcacheServer(dataclasses.replace(config))
+    server = DebcacheServer(config)
     server.config_file = write_config_file(config, tmp_path / "debcache.toml")
     server.start()
     yield server
@@ -211,13 +210,17 @@ def two_promotes_and_a_verify(server: DebcacheServer, archive: Archive) -> tuple
 
 
 def test_the_status_page_shows_branches_and_upstream_health_as_text(
-    lab: DebcacheServer, archive: Archive, browser: Browser, artefacts: Path
+    lab: DebcacheServer, archive: Archive, mirror: FakeMirror, browser: Browser, artefacts: Path
 ) -> None:
     first, second = two_promotes_and_a_verify(lab, archive)
     assert get(lab.url, "/down/dists/bookworm/InRelease").status in (502, 504)
+    mirror.set_fault("/debian/dists/bookworm/Release", Fault.status(503, times=1))
+    assert get(lab.url, "/debian/dists/bookworm/Release").status == 503
     # The failover penalty lasts FAILED_URL_PENALTY seconds: read it at once, over HTTP.
     served = parse_html(get(lab.url, "/_/").body.decode())
-    assert table_after(served, "name")[1]["failover penalty"].text().endswith(" s more")
+    penalty = {r["name"].text(): r["failover penalty"].text() for r in table_after(served, "name")}
+    assert penalty["down"].startswith(f"{lab.config.upstreams['down'].urls[0]} tried last for ")
+    assert penalty["down"].endswith(" s more")
     files = json.loads(get(lab.url, f"/_/api/manifests/{second}").body)["entries"]
 
     url = f"{lab.url}/_/"
@@ -245,7 +248,8 @@ def test_the_status_page_shows_branches_and_upstream_health_as_text(
 
         upstreams = {row["name"].text(): row for row in table_after(page, "name")}
         assert upstreams["debian"]["last success"].text().endswith(" UTC")
-        assert upstreams["debian"]["last failure"].text() == "-"
+        assert upstreams["debian"]["last failure"].text().endswith(" UTC")
+        assert upstreams["debian"]["why"].text() == f"{mirror.url}/debian: HTTP 503"
         down = upstreams["down"]
         assert down["last failure"].text().endswith(" UTC")
         assert down["why"].text().startswith(f"{lab.config.upstreams['down'].urls[0]}: ")
