@@ -194,24 +194,25 @@ async def branch_page(request: web.Request) -> web.Response:
         summary=summary,
         history=table(
             ("when", "action", "manifest", "from", "note"),
-            (
-                [
-                    when(h["time"]),
-                    h["action"],
-                    link(manifests + h["manifest_id"], h["manifest_id"][:SHORT_ID]),
-                    link(manifests + h["previous_id"], h["previous_id"][:SHORT_ID])
-                    if h["previous_id"]
-                    else "-",
-                    h["note"] or "-",
-                ]
-                for h in history
-            ),
+            (_history_cells(entry, manifests) for entry in history),
         ),
-        changes=diff_html(change)
-        if change
-        else paragraph("Its first manifest: there is no earlier one to compare with."),
+        changes=paragraph("Its first manifest: there is no earlier one to compare with.")
+        if change is None
+        else diff_html(change),
     )
     return web.Response(text=page, content_type="text/html")
+
+
+def _history_cells(change: dict, manifests: str) -> list[object]:
+    """A promote or rollback: when, which, the manifest it pointed the branch at and from."""
+    previous = change["previous_id"]
+    return [
+        when(change["time"]),
+        change["action"],
+        link(manifests + change["manifest_id"], change["manifest_id"][:SHORT_ID]),
+        link(manifests + previous, previous[:SHORT_ID]) if previous else "-",
+        change["note"] or "-",
+    ]
 
 
 # --- the index of debcache's own pages, and the front page -----------------------------
