@@ -143,6 +143,14 @@ CREATE TABLE IF NOT EXISTS fetchlog_journals (
     id TEXT PRIMARY KEY,
     time REAL NOT NULL
 );
+-- What the last `debcache verify` found of each branch's manifest (the status page).
+CREATE TABLE IF NOT EXISTS branch_checks (
+    branch TEXT PRIMARY KEY,
+    manifest_id TEXT NOT NULL,   -- the manifest the branch served then
+    time REAL NOT NULL,
+    blobs INTEGER NOT NULL,      -- distinct blobs of that manifest
+    lost INTEGER NOT NULL        -- of them, neither in the store nor fetched back
+);
 """
 
 
@@ -846,6 +854,22 @@ def branch_history(db: sqlite_utils.Database, branch: str, limit: int = 1000) ->
             [branch, limit],
         )
     )
+
+
+def save_branch_checks(db: sqlite_utils.Database, rows: list[dict]) -> None:
+    """Replace what the last verify found (rows of branch_checks) with this one's."""
+    with db.conn:
+        db.conn.execute("DELETE FROM branch_checks")
+        db.conn.executemany(
+            """INSERT INTO branch_checks (branch, manifest_id, time, blobs, lost)
+            VALUES (:branch, :manifest_id, :time, :blobs, :lost)""",
+            rows,
+        )
+
+
+def branch_checks(db: sqlite_utils.Database) -> dict[str, dict]:
+    """branch → what the last verify found of its manifest then."""
+    return {row["branch"]: row for row in db.query("SELECT * FROM branch_checks")}
 
 
 def resigned_files(

@@ -162,20 +162,25 @@ class SuiteDiff:
         for heading, changes in (("packages", self.packages), ("udebs", self.udebs)):
             if changes:
                 lines += [f"  {heading}", *_table(changes.text_rows())]
-        prefix = f"dists/{self.suite}/"
         for installer in self.installers:
-            start = len(prefix) + len(installer.directory) + 1
-            rows = [(f.kind, f.path[start:], f.shas()) for f in installer.images]
-            lines += [f"  {installer.heading()}", *_table(rows)]
+            lines += [f"  {installer.heading()}", *_table(self.image_rows(installer))]
         if self.index_files:
-            counts = defaultdict(int)
-            for change in self.index_files:
-                counts[change.kind] += 1
-            summary = ", ".join(
-                f"{counts[k]} {k}" for k in ("changed", "added", "removed") if counts[k]
+            lines.append(
+                f"  index files   {self.index_summary()} (they follow from the changes above)"
             )
-            lines.append(f"  index files   {summary} (they follow from the changes above)")
         return lines
+
+    def image_rows(self, installer: InstallerDiff) -> list[tuple[str, str, str]]:
+        """(kind, path below the installer directory, sha256s) of each image that differs."""
+        start = len(f"dists/{self.suite}/") + len(installer.directory) + 1
+        return [(f.kind, f.path[start:], f.shas()) for f in installer.images]
+
+    def index_summary(self) -> str:
+        """How many index files changed, were added and removed, e.g. "3 changed, 1 added"."""
+        counts: dict[str, int] = defaultdict(int)
+        for change in self.index_files:
+            counts[change.kind] += 1
+        return ", ".join(f"{counts[k]} {k}" for k in ("changed", "added", "removed") if counts[k])
 
 
 @dataclass
@@ -198,14 +203,17 @@ class Diff:
             ],
         }
 
+    def other_rows(self) -> list[tuple[str, str, str]]:
+        """(kind, upstream/path, sha256s) of each file no suite accounts for."""
+        return [(f.kind, f"{f.upstream}/{f.path}", f.shas()) for f in self.other_files]
+
     def as_text(self) -> str:
         lines = [f"--- {self.a.description}", f"+++ {self.b.description}"]
         for suite in self.suites:
             if not suite.empty:
                 lines += suite.as_text()
         if self.other_files:
-            rows = [(f.kind, f"{f.upstream}/{f.path}", f.shas()) for f in self.other_files]
-            lines += ["\nother files", *_table(rows, indent="  ")]
+            lines += ["\nother files", *_table(self.other_rows(), indent="  ")]
         if not self.differs:
             lines.append("\nNo file differs.")
         return "\n".join(lines)
@@ -391,8 +399,7 @@ def load_side(config: Config, db: sqlite_utils.Database, store: FileStore, name:
         manifest = load_manifest(db, branch["manifest_id"])
         description = f"branch {name} (manifest {manifest.short_id})"
     elif re.fullmatch(r"[0-9a-fA-F]{4,64}", name) and queries.manifest_ids_with_prefix(db, name):
-        manifest = load_manifest(db, resolve_manifest_id(db, name))
-        description = f"manifest {manifest.short_id}"
+        return manifest_side(db, store, name, resolve_manifest_id(db, name))
     elif queries.recording_exists(db, name):
         # Read-only: what it would freeze from what is cached; diff never downloads.
         manifest = plan_manifest(config, db, store, [name], allow_unverified=True)
@@ -406,3 +413,11 @@ def load_side(config: Config, db: sqlite_utils.Database, store: FileStore, name:
             "list them with `debcache manifests`, `debcache branches` or `debcache recordings`",
         )
     return Side(name, description, manifest, installer_versions(manifest, store))
+
+
+def manifest_side(db: sqlite_utils.Database, store: FileStore, name: str, manifest_id: str) -> Side:
+    """A side that is one manifest, by its full id (as `debcache diff ID` takes it)."""
+    manifest = load_manifest(db, manifest_id)
+    return Side(
+        name, f"manifest {manifest.short_id}", manifest, installer_versions(manifest, store)
+    )

@@ -7,6 +7,7 @@ working offline. Everything else is a cache, least recently used first.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -117,7 +118,27 @@ def verify_store(
     for sha256 in report.lost:
         for branch in sorted(referenced.get(sha256, ())):
             report.broken_branches.setdefault(branch, []).append(sha256)
+    _save_branch_checks(db, set(report.lost))
     return report
+
+
+def _save_branch_checks(db: sqlite_utils.Database, lost: set[str]) -> None:
+    """Per branch, whether every blob of the manifest it serves is there now: what the
+    status page shows until the next verify."""
+    now = time.time()
+    rows = []
+    for branch in queries.branch_rows(db):
+        blobs = {entry["sha256"] for entry in queries.manifest_entries(db, branch["manifest_id"])}
+        rows.append(
+            {
+                "branch": branch["name"],
+                "manifest_id": branch["manifest_id"],
+                "time": now,
+                "blobs": len(blobs),
+                "lost": len(blobs & lost),
+            }
+        )
+    queries.save_branch_checks(db, rows)
 
 
 def _branch_blobs(db: sqlite_utils.Database) -> dict[str, set[str]]:

@@ -32,18 +32,7 @@ def collect_status(config: Config, db: sqlite_utils.Database) -> dict:
             {"name": u.name, "urls": list(u.urls), "proxy_hosts": list(u.proxy_hosts)}
             for u in config.upstreams.values()
         ],
-        "branches": [
-            {
-                "name": row["name"],
-                "manifest": row["manifest_id"],
-                "short": row["manifest_id"][:SHORT_ID],
-                "label": row["label"],
-                "changed": row["changed"],
-                "files": row["files"],
-                "bytes": row["bytes"],
-            }
-            for row in queries.branch_rows(db)
-        ],
+        "branches": branch_summaries(db),
         "manifests": queries.manifest_count(db),
         "recordings": queries.recording_summaries(db, RECENT_RECORDINGS),
         "cache": {"files": files, "bytes": size},  # live-cache paths
@@ -54,6 +43,34 @@ def collect_status(config: Config, db: sqlite_utils.Database) -> dict:
             "by_source": by_source,
         },
     }
+
+
+def branch_summaries(db: sqlite_utils.Database) -> list[dict]:
+    """Each branch: its manifest, label, last change and its note, size, last verify."""
+    checks = queries.branch_checks(db)
+    return [
+        {
+            "name": row["name"],
+            "manifest": row["manifest_id"],
+            "short": row["manifest_id"][:SHORT_ID],
+            "label": row["label"],
+            "changed": row["changed"],
+            "note": row["note"],
+            "previous": row["previous_id"],
+            "files": row["files"],
+            "bytes": row["bytes"],
+            "verified": _verified(checks.get(row["name"]), row["manifest_id"]),
+        }
+        for row in queries.branch_rows(db)
+    ]
+
+
+def _verified(check: dict | None, manifest_id: str) -> dict | None:
+    """What the last `debcache verify` found of this manifest; None if it did not check it
+    (never run, or run before the branch's last change)."""
+    if check is None or check["manifest_id"] != manifest_id:
+        return None
+    return {"time": check["time"], "blobs": check["blobs"], "lost": check["lost"]}
 
 
 def status_json(status: dict) -> str:

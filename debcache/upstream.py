@@ -51,6 +51,15 @@ def create_session() -> aiohttp.ClientSession:
     )
 
 
+@dataclass
+class UpstreamHealth:
+    """What this process saw of one upstream since it started (each process has its own)."""
+
+    last_success: float | None = None  # wall-clock time of the last answer below 500
+    last_failure: float | None = None  # of the last error, timeout or 5xx
+    failure: str | None = None  # why, with the base URL: "http://…/debian: timed out"
+
+
 @dataclass(frozen=True)
 class Validators:
     """What we hold of a cached copy, sent back to the upstream to revalidate it."""
@@ -66,6 +75,8 @@ class UpstreamClient:
         self.session = session
         self.metrics = metrics
         self._failed_until: dict[str, float] = {}
+        self.started = time.time()
+        self._health: dict[str, UpstreamHealth] = {}
         # Where the session lives: code on a worker thread downloads through `wait_for`.
         self._loop = asyncio.get_running_loop()
 
@@ -95,7 +106,7 @@ class UpstreamClient:
                     timeout=timeout,
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
-                self._note(upstream, base, outcome_of(exc))
+                self._note(upstream, base, outcome_of(exc), describe_failure(exc))
                 failures.append(f"{url}: {describe_failure(exc)}")
                 only_timeouts &= isinstance(exc, TimeoutError)
                 continue
@@ -178,7 +189,7 @@ class UpstreamClient:
             timeout=upstream.timeout,
             deadline=upstream.deadline,
             may_follow=redirect_policy(upstream),
-            observe=lambda url, result: self._note(upstream, bases[url], result),
+            observe=lambda url, result, why: self._note(upstream, bases[url], result, why),
             **checks,
         )
 
@@ -208,15 +219,29 @@ class UpstreamClient:
             raise RuntimeError("wait_for from the event loop's own thread would deadlock")
         return asyncio.run_coroutine_threadsafe(download, self._loop).result()
 
-    def _note(self, upstream: Upstream, base: str, outcome: str) -> None:
+    def health(self, upstream: str) -> UpstreamHealth:
+        """What this process saw of `upstream` since `started`."""
+        return self._health.get(upstream, UpstreamHealth())
+
+    def penalized(self, upstream: Upstream) -> dict[str, float]:
+        """The base URLs of `upstream` that failover tries last now: base → seconds left."""
+        now = time.monotonic()
+        left = {base: self._failed_until.get(base, 0.0) - now for base in upstream.urls}
+        return {base: seconds for base, seconds in left.items() if seconds > 0}
+
+    def _note(self, upstream: Upstream, base: str, outcome: str, why: str | None = None) -> None:
         """Count what a base URL answered; one that failed or sent a 5xx is tried last
         for a while."""
         if self.metrics:
             self.metrics.count_upstream(upstream.name, outcome)
+        health = self._health.setdefault(upstream.name, UpstreamHealth())
         if outcome.isdigit() and int(outcome) < 500:
             self._failed_until.pop(base, None)
+            health.last_success = time.time()
         else:
             self._failed_until[base] = time.monotonic() + FAILED_URL_PENALTY
+            health.last_failure = time.time()
+            health.failure = f"{base}: {why or f'HTTP {outcome}'}"
 
     def _in_preferred_order(self, urls: tuple[str, ...]) -> list[str]:
         now = time.monotonic()
@@ -333,7 +358,7 @@ async def fetch_into_store(
     timeout: float = 30.0,
     deadline: float = 3600.0,
     may_follow: Callable[[URL], bool] = lambda target: False,
-    observe: Callable[[str, str], None] | None = None,
+    observe: Callable[[str, str, str | None], None] | None = None,
 ) -> tuple[str, int] | DownloadFailure:
     """(sha256, size) of the blob stored from the first URL that has it whole, or why not.
 
@@ -341,8 +366,8 @@ async def fetch_into_store(
     200 body of at most `max_size` bytes does (a detached signature whose hash no
     index lists is checked by gpgv afterwards). No body is written past `size` (if
     given, else `max_size`) plus one byte, nor for longer than `deadline` seconds;
-    redirects lead only where `may_follow` allows. `observe(url, outcome)` hears how
-    each URL tried answered: its HTTP status, or "timeout" or "error".
+    redirects lead only where `may_follow` allows. `observe(url, outcome, why)` hears how
+    each URL tried answered: its HTTP status, or "timeout" or "error" and why.
     """
     failures = []
     absent = True
@@ -354,6 +379,7 @@ async def fetch_into_store(
     for url in urls:
         temp = store.create_temp()
         outcome = None  # stays None if cancelled before any answer
+        why = None
         overall = asyncio.timeout(deadline)
         try:
             async with overall:
@@ -388,7 +414,7 @@ async def fetch_into_store(
         finally:
             temp.unlink(missing_ok=True)
             if observe is not None and outcome is not None:
-                observe(url, outcome)
+                observe(url, outcome, why)
     failure = DownloadFailure("; ".join(failures) or "no URL to fetch it from")
     failure.absent = absent and bool(failures)
     failure.unreachable = not answered and bool(failures)

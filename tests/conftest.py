@@ -21,7 +21,7 @@ settings.register_profile("deterministic", derandomize=True, database=None)
 settings.register_profile("explore", max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
-REQUIRED_TOOLS = ("apt-get", "dpkg-deb", "gpg", "gpgv", "wget", "debootstrap")
+REQUIRED_TOOLS = ("apt-get", "dpkg-deb", "gpg", "gpgv", "wget", "debootstrap", "chromium")
 
 # The tester's own $DEBCACHE_DATA_DIR or $DEBCACHE_CONFIG must not redirect the tests' commands.
 for variable in ("DEBCACHE_CONFIG", "DEBCACHE_DATA_DIR"):

@@ -141,6 +141,12 @@ def test_verify_names_the_branch_a_lost_blob_breaks_and_the_remedy(
         assert "debcache manifests import LOCK --from" in result.output
     report = json.loads(run(keyed_debcache, "verify", "--json").output)
     assert report["missing"] == [sha256] and report["broken_branches"] == {"b1": [sha256]}
+    # The status (and the status page) says so until the next verify.
+    status = json.loads(run(keyed_debcache, "status", "--json").output)
+    (branch,) = status["branches"]
+    assert branch["verified"]["lost"] == 1 and branch["verified"]["blobs"] > 1
+    page = get(keyed_debcache.url, "/_/").body.decode()
+    assert f"<td>1 of {branch['verified']['blobs']} blobs missing (verify of " in page
 
 
 def test_verify_fetches_a_missing_pinned_blob_again(

@@ -206,6 +206,8 @@ def test_status_from_restricts_who_reads_the_status_page_and_the_api(
             reply = get(server.url, target)
             assert reply.status == (200 if answered else 403), (target, reply)
             assert answered or (b"status_from" in reply.body and reply.body.count(b"\n") == 1)
+        # A branch's page is a status read too: refused before anything says whether it exists.
+        assert get(server.url, "/_/branches/lab").status == (404 if answered else 403)
         # Installers, monitoring and the key are never behind it.
         for target in ("/_/health", "/_/metrics", "/debian/dists/bookworm/InRelease"):
             assert get(server.url, target).status == 200, target

@@ -11,25 +11,28 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-from datetime import UTC, datetime
-from importlib import resources
-from string import Template
 
+import sqlite_utils
 from aiohttp import web
 
 from .. import db as queries
+from ..branches import current_manifest_id
+from ..diff import Diff, diff, load_side, manifest_side
 from ..errors import UnknownPage
+from ..manifest import SHORT_ID
 from ..metrics import CONTENT_TYPE
 from ..resign import export_public_key
-from ..status import collect_status, status_json
-from .keys import CONFIG, DATABASE, METRICS
+from ..status import branch_summaries, collect_status, status_json
+from ..store import FileStore
+from .diff_html import diff_html
+from .keys import CONFIG, DATABASE, METRICS, UPSTREAM
 from .live import is_absolute_form, serve_live
+from .rendering import Markup, link, paragraph, render, size, table, template, when
 
 OWN_PREFIX = "/_/"
 
-STATUS_PAGE = Template(
-    resources.files("debcache.server").joinpath("templates/status.html").read_text()
-)
+STATUS_PAGE = template("status.html")
+BRANCH_PAGE = template("branch.html")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -65,64 +68,151 @@ async def status_api(request: web.Request) -> web.Response:
 
 
 async def status_page(request: web.Request) -> web.Response:
-    """Status page (HTML): upstreams, branches, recent recordings, cache size, hit ratio."""
+    """Status page (HTML): upstreams and their health, branches, recent recordings, sizes."""
     status = await _status(request)
     last = status["last_24h"]
     ratio = "-" if last["hit_ratio"] is None else f"{last['hit_ratio']:.1%}"
-    page = STATUS_PAGE.substitute(
+    page = render(
+        STATUS_PAGE,
         store_blobs=status["store"]["blobs"],
-        store_size=_size(status["store"]["bytes"]),
+        store_size=size(status["store"]["bytes"]),
         cache_files=status["cache"]["files"],
-        cache_size=_size(status["cache"]["bytes"]),
+        cache_size=size(status["cache"]["bytes"]),
         requests=last["requests"],
         hit_ratio=ratio,
-        data_dir=html.escape(status["data_dir"]),
+        data_dir=status["data_dir"],
         manifests=status["manifests"],
-        upstreams=_rows(
-            [u["name"], " ".join(u["urls"]), " ".join(u["proxy_hosts"])]
-            for u in status["upstreams"]
+        started=when(request.app[UPSTREAM].started),
+        upstreams=_upstream_table(request),
+        branches=table(
+            BRANCH_COLUMNS,
+            (
+                _branch_cells(b, f"branches/{b['name']}", "api/manifests/")
+                for b in status["branches"]
+            ),
+            "No branches yet: debcache promote BRANCH MANIFEST makes one.",
         ),
-        branches=_rows(
-            [
-                b["name"],
-                b["short"],
-                b["label"] or "",
-                _when(b["changed"]),
-                b["files"],
-                _size(b["bytes"]),
-            ]
-            for b in status["branches"]
-        ),
-        recordings=_rows(
-            [
-                r["recording"],
-                _when(r["first"]),
-                _when(r["last"]),
-                r["files"],
-                r["clients"],
-                r["upstreams"],
-            ]
-            for r in status["recordings"]
+        recordings=table(
+            ("recording", "first", "last", "files", "clients", "upstreams"),
+            (_recording_cells(r) for r in status["recordings"]),
         ),
     )
     return web.Response(text=page, content_type="text/html")
 
 
-def _rows(rows) -> str:
-    return "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
-        for row in rows
+BRANCH_COLUMNS = (
+    "branch",
+    "manifest",
+    "label",
+    "last promote or rollback",
+    "note",
+    "files",
+    "size",
+    "blobs",
+)
+
+
+def _branch_cells(branch: dict, page: str, manifests: str) -> list[object]:
+    """A branch's row: links to its page and its manifest (the lockfile, as JSON)."""
+    return [
+        link(page, branch["name"]),
+        link(manifests + branch["manifest"], branch["short"]),
+        branch["label"] or "-",
+        when(branch["changed"]),
+        branch["note"] or "-",
+        branch["files"],
+        size(branch["bytes"]),
+        _verified(branch["verified"]),
+    ]
+
+
+def _recording_cells(recording: dict) -> list[object]:
+    return [
+        recording["recording"],
+        when(recording["first"]),
+        when(recording["last"]),
+        recording["files"],
+        recording["clients"],
+        recording["upstreams"],
+    ]
+
+
+def _verified(verified: dict | None) -> str:
+    if verified is None:
+        return "not verified yet"
+    on = f"(verify of {when(verified['time'])})"
+    if verified["lost"]:
+        return f"{verified['lost']} of {verified['blobs']} blobs missing {on}"
+    return f"all {verified['blobs']} blobs present {on}"
+
+
+def _upstream_table(request: web.Request) -> Markup:
+    client = request.app[UPSTREAM]
+    headers = ("name", "base URLs", "proxy hosts", "last success", "last failure", "why")
+    rows = []
+    for upstream in request.app[CONFIG].upstreams.values():
+        health = client.health(upstream.name)
+        penalized = client.penalized(upstream)
+        rows.append(
+            [
+                upstream.name,
+                " ".join(upstream.urls),
+                " ".join(upstream.proxy_hosts),
+                when(health.last_success),
+                when(health.last_failure),
+                health.failure or "-",
+                "; ".join(
+                    f"{base} tried last for {left:.0f} s more" for base, left in penalized.items()
+                )
+                or "no",
+            ]
+        )
+    return table((*headers, "failover penalty"), rows, "No upstream configured.")
+
+
+async def branch_page(request: web.Request) -> web.Response:
+    """A branch's page (HTML): its manifest, its history and what its last change changed."""
+    name = request.match_info["branch"]
+    config = request.app[CONFIG]
+
+    def read(db: sqlite_utils.Database) -> tuple[dict, list[dict], Diff | None]:
+        current_manifest_id(db, name)  # UnknownBranch: a 404
+        store = FileStore(config.data_dir)
+        branch = next(b for b in branch_summaries(db) if b["name"] == name)
+        change = None
+        if branch["previous"]:
+            before = manifest_side(db, store, branch["previous"][:SHORT_ID], branch["previous"])
+            change = diff(before, load_side(config, db, store, name))
+        return branch, queries.branch_history(db, name), change
+
+    branch, history, change = await request.app[DATABASE].read(read)
+    manifests = "../api/manifests/"
+    summary = table(BRANCH_COLUMNS, [_branch_cells(branch, name, manifests)])
+    page = render(
+        BRANCH_PAGE,
+        name=name,
+        summary=summary,
+        history=table(
+            ("when", "action", "manifest", "from", "note"),
+            (_history_cells(entry, manifests) for entry in history),
+        ),
+        changes=paragraph("Its first manifest: there is no earlier one to compare with.")
+        if change is None
+        else diff_html(change),
     )
+    return web.Response(text=page, content_type="text/html")
 
 
-def _when(timestamp: float | None) -> str:
-    if not timestamp:
-        return "-"
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _size(count: int) -> str:
-    return f"{count / 1e6:.1f} MB"
+def _history_cells(change: dict, manifests: str) -> list[object]:
+    """A promote or rollback: when, which, the manifest it pointed the branch at and from."""
+    previous = change["previous_id"]
+    return [
+        when(change["time"]),
+        change["action"],
+        link(manifests + change["manifest_id"], change["manifest_id"][:SHORT_ID]),
+        link(manifests + previous, previous[:SHORT_ID]) if previous else "-",
+        change["note"] or "-",
+    ]
 
 
 # --- the index of debcache's own pages, and the front page -----------------------------

@@ -102,6 +102,7 @@ def create_app(
     )
     app.router.add_get("/", admin.front_page)
     app.router.add_get("/_/", admin.status_page)
+    app.router.add_get("/_/branches/{branch}", admin.branch_page)
     app.router.add_get("/_/health", admin.health)
     app.router.add_get("/_/metrics", admin.metrics)
     app.router.add_get("/_/api/", admin.api_index)
@@ -243,14 +244,16 @@ async def forward_proxy_middleware(request: web.Request, handler: Handler) -> we
 
 
 def is_status_read(request: web.Request) -> bool:
-    """A read of the status page or the API: what `[server] status_from` restricts.
+    """A read of the status page, a branch's page or the API: what `[server] status_from`
+    restricts.
 
     Mutations (POST /_/api/...) keep their own rule (loopback or the admin token);
     /_/health, /_/metrics, the key and the mirrors stay open to every client.
     """
     path = request.path
     reading = request.method in ("GET", "HEAD")
-    return reading and (path in ("/_/", "/_/api") or path.startswith("/_/api/"))
+    own_reads = ("/_/api/", "/_/branches/")
+    return reading and (path in ("/_/", "/_/api") or path.startswith(own_reads))
 
 
 def may_read_status(config: Config, remote: str | None) -> bool:
