@@ -12,6 +12,7 @@ HTTP_STATUS: dict[type[errors.DebcacheError], int] = {
     # The configuration and the command line: a request can't fix them.
     errors.ConfigError: 500,
     errors.SigningError: 500,
+    errors.WorkerCrashLoop: 500,
     # Requests that name nothing valid.
     errors.InvalidArchivePath: 400,
     errors.InvalidName: 400,
