@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -133,3 +135,22 @@ def test_a_journal_committed_but_not_removed_is_not_replayed_twice(tmp_path: Pat
     queries.Database(path).open().close()
     assert recorded_paths(path, "killed") == PATHS
     assert not journal.exists()
+
+
+def test_the_journal_of_a_server_process_that_is_gone_is_replayed_by_the_next(
+    tmp_path: Path,
+) -> None:
+    """Each of several server processes journals into a file of its own
+    (fetchlog-journal.PID.jsonl); whichever process opens the database next writes the
+    rows of one whose process is gone, and leaves a live one's alone."""
+    path = tmp_path / "debcache.db"
+    queries.create_schema(path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = tmp_path / f"fetchlog-journal.{dead.pid}.jsonl"
+    alive = tmp_path / f"fetchlog-journal.{os.getpid()}.jsonl"
+    FetchJournal(orphan).append([row(p) for p in PATHS[:2]])
+    FetchJournal(alive).append([row(PATHS[2])])
+    queries.Database(path, journal="fetchlog-journal.other.jsonl").open().close()
+    assert recorded_paths(path, "killed") == PATHS[:2]
+    assert not orphan.exists() and alive.exists()
