@@ -832,6 +832,11 @@ def set_branch(
     return previous
 
 
+def data_version(db: sqlite_utils.Database) -> int:
+    """Changes whenever another connection commits (SQLite's PRAGMA data_version)."""
+    return db.conn.execute("PRAGMA data_version").fetchone()[0]
+
+
 def branch_row(db: sqlite_utils.Database, branch: str) -> dict | None:
     rows = list(db.query("SELECT * FROM branches WHERE name = ?", [branch]))
     return rows[0] if rows else None

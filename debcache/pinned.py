@@ -46,7 +46,8 @@ class PinnedFile:
 
 
 class PinnedFiles:
-    """Which blob a pinned or manifest path is; manifests are cached, branches are not."""
+    """Which blob a pinned or manifest path is; manifests are cached, branch rows until the
+    database changes."""
 
     def __init__(
         self, config: Config, database: Database, store: FileStore, client: UpstreamClient
@@ -55,6 +56,11 @@ class PinnedFiles:
         # Branch pointers are read on the loop from this connection: one indexed row,
         # microseconds, and always current (a promote is visible on the next request).
         self._loop_db: sqlite_utils.Database = queries.connect(database.path)
+        # Branch rows as of the database's data_version: read again once any other
+        # connection (a promote by the API or the command line, another process)
+        # commits, which a PRAGMA tells in a fraction of a query's cost.
+        self._current_branch_rows: dict[str, dict] = {}
+        self._branches_seen_at = -1
         self._manifests: OrderedDict[str, Listing] = OrderedDict()
         self._loading: SharedTasks[str, Listing] = SharedTasks()
         self.fill = VerifiedFill(config, store, client)
@@ -69,7 +75,15 @@ class PinnedFiles:
         self._loop_db.conn.close()
 
     def _branch_row(self, branch: str) -> dict:
-        row = queries.branch_row(self._loop_db, branch)
+        row = self._current_branch_rows.get(branch)
+        version = queries.data_version(self._loop_db)
+        if row is None or version != self._branches_seen_at:
+            row = queries.branch_row(self._loop_db, branch)
+            if version != self._branches_seen_at:
+                self._current_branch_rows.clear()
+                self._branches_seen_at = version
+            if row is not None:
+                self._current_branch_rows[branch] = row
         if row is None:
             names = [r["name"] for r in queries.branch_rows(self._loop_db)]
             raise UnknownBranch(

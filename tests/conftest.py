@@ -17,8 +17,9 @@ from workflow import keyed_debcache_for
 # The same examples on every run: a property test that fails must fail every time (and
 # be fixed with the example pinned), never now and then. `--hypothesis-seed` or
 # `HYPOTHESIS_PROFILE=explore` searches afresh when hunting for bugs.
-settings.register_profile("deterministic", derandomize=True, database=None)
-settings.register_profile("explore", max_examples=2000)
+# No deadline: a loaded machine must not fail an example that is merely slow.
+settings.register_profile("deterministic", derandomize=True, database=None, deadline=None)
+settings.register_profile("explore", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 REQUIRED_TOOLS = ("apt-get", "dpkg-deb", "gpg", "gpgv", "wget", "debootstrap", "chromium")
