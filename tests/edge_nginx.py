@@ -30,6 +30,7 @@ class EdgeNginx:
     """nginx with edge-config's configuration in front of `origin`; .url is the edge's."""
 
     def __init__(self, directory: Path, origin: str) -> None:
+        """Write the configuration (nginx not started): .config, the logs under directory."""
         self.directory = directory
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -64,6 +65,12 @@ class EdgeNginx:
         globals_ = f"daemon off; pid {self.directory / 'nginx.pid'}; {user}"
         prefix = str(self.directory)
         return [NGINX, "-c", str(self.config), "-p", prefix, "-e", "stderr", "-g", globals_]
+
+    def check(self) -> subprocess.CompletedProcess[str]:
+        """`nginx -t` on the configuration: does nginx accept it?"""
+        return subprocess.run(
+            [*self.command(), "-t"], capture_output=True, text=True, timeout=60, check=False
+        )
 
     def start(self) -> EdgeNginx:
         with open(self.directory / "stderr.log", "wb") as stderr:

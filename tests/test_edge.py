@@ -230,3 +230,9 @@ def test_edge_config_is_a_whole_nginx_conf() -> None:
     assert "listen 0.0.0.0:3142;" in text and "max_size=20g" in text
     assert "/var/cache/nginx/debcache/cache" in text
     assert "\nuser " not in text and "\npid " not in text
+
+
+def test_nginx_accepts_the_configuration_of_an_https_origin(tmp_path: Path) -> None:
+    checked = EdgeNginx(tmp_path / "edge", "https://[::1]:3142/").check()
+    assert checked.returncode == 0, checked.stderr
+    assert "proxy_ssl_verify on;" in (tmp_path / "edge" / "nginx.conf").read_text()
