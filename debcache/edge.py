@@ -144,6 +144,8 @@ _TEMPLATE = _NginxTemplate("""\
 # started as root; Debian's /run/nginx.pid, which nginx.service expects) apply.
 
 worker_processes auto;
+# A proxied request holds two descriptors (client, origin), a cached one a file too.
+worker_rlimit_nofile 16384;
 error_log @log_dir/debcache-edge-error.log warn;
 
 events {

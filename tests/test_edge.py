@@ -99,6 +99,11 @@ def test_a_herd_of_pinned_installs_costs_the_origin_one_download_per_file(
     assert set(full_gets) == {e["path"] for e in entries}
     assert max(full_gets.values()) == 1  # once per file; the rest were hits or 304s
     assert {r["status"] for r in rows} <= {200, 304}
+    # The pin's own page tells clients to use the edge, not the origin behind it.
+    assert (
+        f"deb {edge.url}/pin/b1/debian bookworm main"
+        in get(edge.url, "/pin/b1/debian/").body.decode()
+    )
 
 
 def test_a_promote_and_a_rollback_reach_the_edge_at_once(
