@@ -154,13 +154,13 @@ def measure(
     for served in (Served("direct", port, origin.pid), Served("edge", edge.port, edge_pid)):
         rows_before, origin_cpu = len(fetch_rows(work)), tree_cpu(origin.pid)
         figures = wrk.run(served, paths, options.connections, options.seconds)
-        origin_requests = len(fetch_rows(work)) - rows_before
+        origin_requests = dict(Counter(row["status"] for row in fetch_rows(work)[rows_before:]))
         origin_cpu = round((tree_cpu(origin.pid) - origin_cpu) / figures["seconds"], 2)
         print(
             f"wrk {served.name} c={options.connections} {options.seconds}s: "
             f"{figures['req_s']} req/s, {figures['MB_s']} MB/s, errors {figures['errors']}, "
             f"p99 {figures['latency_p99_ms']} ms, server CPU {figures['server_cpu']}; "
-            f"origin: {origin_requests} requests, CPU {origin_cpu}"
+            f"origin answers by status: {origin_requests}, CPU {origin_cpu}"
         )
     sys.stdout.flush()
 
