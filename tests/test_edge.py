@@ -142,8 +142,10 @@ def test_a_pinned_install_through_the_edge_survives_the_origin_stopping(
     entries, recorded = pinned
     sources = pinned_sources(edge.url, own_archive)
     assert install_through(AptRoot(tmp_path / "warm"), sources, *PACKAGES) == recorded
-    for entry in entries:  # the files apt did not ask for this time, too
+    manifest = json.loads(run(own_debcache, "branches", "--json").output)[0]["manifest_id"]
+    for entry in entries:  # the files apt did not ask for this time, and the manifest's URLs
         assert get(edge.url, f"/pin/b1/debian/{entry['path']}").status == 200
+        assert get(edge.url, f"/manifest/{manifest}/debian/{entry['path']}").status == 200
 
     own_debcache.stop()
     # Once the pin's answers are past their second of freshness, the edge's attempts to
@@ -157,6 +159,9 @@ def test_a_pinned_install_through_the_edge_survives_the_origin_stopping(
     for entry in entries:
         reply = get(edge.url, f"/pin/b1/debian/{entry['path']}")
         assert reply.status == 200 and sha256(reply.body) == entry["sha256"], entry["path"]
+        # A manifest's URL is fresh for a year: a plain hit, no attempt to reach debcache.
+        reply = get(edge.url, f"/manifest/{manifest}/debian/{entry['path']}")
+        assert sha256(reply.body) == entry["sha256"] and reply.header("X-Debcache-Edge") == "HIT"
 
 
 def test_a_recorded_install_through_the_edge_records_every_file(
