@@ -24,7 +24,7 @@ import click
 import sqlite_utils
 from click import ParameterSource
 
-from . import db
+from . import db, edge
 from .branches import Change, check_branch_name, current_manifest_id, promote, rollback
 from .config import (
     Config,
@@ -1107,6 +1107,31 @@ def diff_command(config: Config, a: str, b: str, as_json: bool, exit_code: bool)
         click.echo(result.as_text())
     if exit_code and result.differs:
         sys.exit(1)
+
+
+# --- edge tier ------------------------------------------------------------------------
+
+
+@cli.command("edge-config")
+@click.option(
+    "--origin", required=True, metavar="URL", help="debcache's URL, e.g. http://cache:3142."
+)
+@click.option("--listen", default=edge.DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT")
+@click.option("--cache-dir", default=edge.DEFAULT_CACHE_DIR, show_default=True, metavar="DIR")
+@click.option("--max-size", default=edge.DEFAULT_MAX_SIZE, show_default=True, metavar="SIZE")
+@click.option("--log-dir", default=edge.DEFAULT_LOG_DIR, show_default=True, metavar="DIR")
+@reports_errors
+def edge_config_command(
+    origin: str, listen: str, cache_dir: str, max_size: str, log_dir: str
+) -> None:
+    """Print an nginx.conf for an edge cache in front of debcache at URL.
+
+    \b
+    Example:
+        debcache edge-config --origin http://cache:3142 > /etc/nginx/nginx.conf
+    """
+    settings = edge.edge_settings(origin, listen, cache_dir, max_size, log_dir)
+    click.echo(edge.edge_config(settings), nl=False)
 
 
 def main() -> None:
