@@ -45,7 +45,7 @@ from .recording import check_recordings_exist, recording_contents, recording_sum
 from .resign import export_public_key
 from .status import collect_status, status_json
 from .store import FileStore
-from .supervisor import EarlySignals, Supervisor
+from .supervisor import EarlySignals, exec_supervisor
 from .systemd import listen_sockets
 from .upstream import UpstreamClient, create_session
 
@@ -242,9 +242,7 @@ def serve(
     sockets = activated or listen_on(config.listen)  # before saying "listening on"
     prepare_data_dir(config)
     _print_start(config, activated)
-    status = asyncio.run(Supervisor(config.worker_count, sockets, early_signals).run())
-    if status:
-        sys.exit(status)
+    exec_supervisor(config.worker_count, sockets, early_signals)
 
 
 def listen_on(addresses: tuple[tuple[str, int], ...]) -> list[socket.socket]:

@@ -38,15 +38,18 @@ from pathlib import Path
 from .errors import DebcacheError, WorkerCrashLoop
 from .systemd import Notifier
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("debcache.supervisor")  # also when run as __main__
 CHILD_ENV = "DEBCACHE_CHILD"
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
 READY_TIMEOUT = 120.0  # seconds a new child may take to serve (a big cache to load)
-STOP_TIMEOUT = 30.0  # seconds a child may take to drain after SIGTERM, then SIGKILL
+STOP_TIMEOUT = 20.0  # seconds a child may take to drain after SIGTERM, then SIGKILL (< the unit's 30)
 # A slot whose process exits this many times within CRASH_WINDOW seconds stops the server.
 CRASH_LIMIT = 5
 CRASH_WINDOW = 60.0
 RESTART_DELAYS = (0.1, 0.5, 1.0, 2.0)  # seconds before restarting, by recent exits
+
+
+SUPERVISOR_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 class EarlySignals:
@@ -104,8 +107,11 @@ class Supervisor:
         sockets: list[socket.socket],
         early_signals: EarlySignals | None = None,
         notifier: Notifier | None = None,
+        child_arguments: list[str] | None = None,
     ) -> None:
         self.workers = workers
+        # `debcache ... serve ...` as the user gave it: each child runs the same command.
+        self.child_arguments = child_arguments if child_arguments is not None else sys.argv[1:]
         self.early_signals = early_signals or EarlySignals()
         self.sockets = sockets
         self.notifier = notifier or Notifier()
@@ -233,7 +239,7 @@ class Supervisor:
                 sys.executable,
                 "-m",
                 "debcache",
-                *sys.argv[1:],
+                *self.child_arguments,
                 env={**os.environ, CHILD_ENV: spec.to_env()},
                 pass_fds=[*fds, self._alive_read, ready_write],
             )
@@ -337,9 +343,67 @@ def _signal(child: Child, signum: int) -> None:
 
 
 def _mark_metrics_dead(pid: int) -> None:
-    """Drop a dead process's live gauges from the shared metrics (its counters stay)."""
-    from prometheus_client import multiprocess
-
+    """Drop a dead process's live gauges from the shared metrics (its counters stay):
+    what prometheus_client's mark_process_dead does, without importing it here."""
     directory = os.environ.get(METRICS_ENV)
     if directory:
-        multiprocess.mark_process_dead(pid, directory)
+        for gauge in Path(directory).glob(f"gauge_live*_{pid}.db"):
+            gauge.unlink(missing_ok=True)
+
+
+# --- the supervisor's own process ---------------------------------------------------
+#
+# `serve` checks the configuration, binds the sockets, prints where it serves and
+# prepares the data dir with the whole program loaded (about 50 MB); then it execs
+# this module, which loads asyncio and little else, to supervise for as long as the
+# server runs. The sockets stay open across the exec; SIGINT, SIGTERM and SIGHUP
+# stay blocked until the new process handles them, so none is lost or fatal.
+
+SUPERVISE_ENV = "DEBCACHE_SUPERVISE"
+
+
+def exec_supervisor(
+    workers: int, sockets: list[socket.socket], early_signals: EarlySignals
+) -> None:
+    """Replace this process with a lean supervisor of `workers` (never returns)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+    for sock in sockets:
+        os.set_inheritable(sock.fileno(), True)
+    plan = {
+        "workers": workers,
+        "fds": [sock.fileno() for sock in sockets],
+        "arguments": sys.argv[1:],
+        "signals": sorted(int(signum) for signum in early_signals.received),
+    }
+    sys.stdout.flush()
+    sys.stderr.flush()
+    environment = {**os.environ, SUPERVISE_ENV: json.dumps(plan)}
+    os.execve(sys.executable, [sys.executable, "-m", "debcache.supervisor"], environment)
+
+
+def main() -> None:
+    plan = json.loads(os.environ.pop(SUPERVISE_ENV))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    early_signals = EarlySignals()
+    early_signals.received.update(plan["signals"])
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)  # blocked before the exec
+    sockets = [socket.socket(fileno=fd) for fd in plan["fds"]]
+    for sock in sockets:
+        os.set_inheritable(sock.fileno(), False)
+    supervisor = Supervisor(
+        plan["workers"], sockets, early_signals, child_arguments=plan["arguments"]
+    )
+    try:
+        status = asyncio.run(supervisor.run())
+    except DebcacheError as exc:  # as the command line prints its errors
+        print(f"Error: {exc}", file=sys.stderr)
+        status = 1
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
