@@ -11,20 +11,26 @@ the past with sqlite3 (the test's set-up; nothing else writes them).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from debcache_server import DebcacheServer
+from debcache_server import DebcacheServer, make_config
+from fake_mirror import FakeMirror
 from http_client import get
 from processes import wait_until
 from workflow import pin_a_recorded_inrelease, run
 
+from debcache import db as queries
 from debcache.cli import cli, day
 from debcache.config import load_config
+from debcache.fetchlog_retention import PRUNE_BATCH_IDS
 
 DAY = 86400
+OLD_ROWS = 100_000  # a hundred batches: the stop lands in the middle of most runs
 INRELEASE = "debian/dists/bookworm/InRelease"
 RELEASE = "debian/dists/bookworm/Release"
 
@@ -146,6 +152,41 @@ def test_recordings_say_how_far_back_the_fetch_log_goes(
         f"fetch log: since {day(since)} (rows older than 90 days are pruned, "
         "except those of recordings a manifest was frozen from)"
     ) in table
+
+
+def test_serve_stops_cleanly_in_the_middle_of_a_prune(
+    tmp_path: Path, mirror: FakeMirror, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A prune spanning many batches is cancelled at shutdown; the next start finishes it."""
+    config = make_config(tmp_path / "data", {"debian": [f"{mirror.url}/debian"]})
+    config.data_dir.mkdir()
+    path = config.data_dir / "debcache.db"
+    queries.create_schema(path)
+    database = queries.connect(path)
+    row = dict(
+        time=time.time() - 100 * DAY, client="127.0.0.1", recording=None, upstream="debian",
+        path="dists/x/InRelease", method="GET", status=200, sha256="cd" * 32, size=1000,
+        source="hit", duration=0.01, complete=1,
+    )  # fmt: skip
+    with database.conn:
+        database.conn.executemany(
+            queries.INSERT_FETCH,
+            [tuple(row[column] for column in queries.FETCH_COLUMNS)] * OLD_ROWS,
+        )
+    database.conn.close()
+
+    def count() -> int:
+        with sqlite3.connect(path) as reader:
+            return reader.execute("SELECT COUNT(*) FROM fetches").fetchone()[0]
+
+    with DebcacheServer(config):  # stop() raises if serve failed, at start or at shutdown
+        wait_until(lambda: count() < OLD_ROWS, "serve to start pruning")
+    # Whole batches only: each window of ids went in one transaction, or not at all.
+    assert count() % PRUNE_BATCH_IDS == 0
+    with DebcacheServer(config):
+        wait_until(lambda: count() == 0, lambda: f"serve to finish pruning ({count()} left)")
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert failures == [], [r.getMessage() for r in failures]
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "1.5", '"90"', "true"])
