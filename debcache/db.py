@@ -899,6 +899,10 @@ def recording_names(db: sqlite_utils.Database) -> set[str]:
 
 # The recordings some manifest was frozen from (manifests.recordings is a JSON list).
 FROZEN_RECORDINGS = "SELECT j.value FROM manifests m, json_each(m.recordings) j"
+# An old row that goes: unrecorded, or of a recording in the JSON list given. The unary +
+# keeps SQLite off the recording index: for `recording IS NULL OR ...` it would walk every
+# unrecorded entry there (seconds), rather than the id range or the time index.
+_PRUNABLE = "(+recording IS NULL OR +recording IN (SELECT value FROM json_each(?)))"
 
 
 def prunable_recordings(db: sqlite_utils.Database, cutoff: float) -> set[str]:
@@ -918,10 +922,14 @@ def prunable_recordings(db: sqlite_utils.Database, cutoff: float) -> set[str]:
     return {row[0] for row in rows.fetchall()}
 
 
-def old_fetch_ids(db: sqlite_utils.Database, cutoff: float) -> tuple[int, int] | None:
-    """The lowest and highest id of the rows older than `cutoff`; None when there are none."""
+def prunable_fetch_ids(
+    db: sqlite_utils.Database, cutoff: float, recordings: set[str]
+) -> tuple[int, int] | None:
+    """The lowest and highest id of the rows `prune_fetches` would delete; None when there
+    are none. Not of every old row: the kept ones (frozen recordings) reach back years."""
     first, last = db.execute(
-        "SELECT MIN(id), MAX(id) FROM fetches WHERE time < ?", [cutoff]
+        f"""SELECT MIN(id), MAX(id) FROM fetches WHERE time < ? AND {_PRUNABLE}""",
+        [cutoff, json.dumps(sorted(recordings))],
     ).fetchone()
     return None if first is None else (first, last)
 
@@ -934,18 +942,16 @@ def prune_fetches(
     one transaction (a savepoint on the writer thread); how many went."""
     with db.atomic():
         present = db.execute(
-            """SELECT DISTINCT recording FROM fetches
-            WHERE id >= ? AND id < ? AND recording IS NOT NULL""",
+            """SELECT DISTINCT +recording FROM fetches
+            WHERE id >= ? AND id < ? AND +recording IS NOT NULL""",
             [first_id, end_id],
         ).fetchall()
         names = sorted({row[0] for row in present} & recordings)
-        # The unary + keeps SQLite on the id range: on `recording IS NULL OR ...` it would
-        # otherwise walk every unrecorded row of the recording index (seconds, not ms).
+        # A manifest frozen from one of them since the plan was made keeps it.
         cursor = db.conn.execute(
-            f"""DELETE FROM fetches WHERE id >= :first AND id < :end AND +time < :cutoff
-            AND (+recording IS NULL OR (+recording IN (SELECT value FROM json_each(:names))
-                AND +recording NOT IN ({FROZEN_RECORDINGS})))""",
-            {"first": first_id, "end": end_id, "cutoff": cutoff, "names": json.dumps(names)},
+            f"""DELETE FROM fetches WHERE id >= ? AND id < ? AND +time < ? AND {_PRUNABLE}
+            AND (+recording IS NULL OR +recording NOT IN ({FROZEN_RECORDINGS}))""",
+            [first_id, end_id, cutoff, json.dumps(names)],
         )
         return cursor.rowcount
 
@@ -953,8 +959,7 @@ def prune_fetches(
 def count_prunable_fetches(db: sqlite_utils.Database, cutoff: float, recordings: set[str]) -> int:
     """How many rows `prune_fetches` would delete over all ids (gc --dry-run)."""
     return db.execute(
-        """SELECT COUNT(*) FROM fetches WHERE time < ?
-        AND (+recording IS NULL OR +recording IN (SELECT value FROM json_each(?)))""",
+        f"SELECT COUNT(*) FROM fetches WHERE time < ? AND {_PRUNABLE}",
         [cutoff, json.dumps(sorted(recordings))],
     ).fetchone()[0]
 

@@ -46,7 +46,7 @@ def fetch_log_extent(db: sqlite_utils.Database, days: int) -> dict:
 
 
 def _windows(ids: tuple[int, int] | None) -> Iterator[tuple[int, int]]:
-    """(first_id, end_id) windows covering the ids of the old rows."""
+    """(first_id, end_id) windows covering the ids of the rows to prune."""
     if ids is None:
         return
     first, last = ids
@@ -64,7 +64,7 @@ def prune_fetch_log(
     if dry_run:
         return queries.count_prunable_fetches(db, before, recordings)
     removed = 0
-    for first_id, end_id in _windows(queries.old_fetch_ids(db, before)):
+    for first_id, end_id in _windows(queries.prunable_fetch_ids(db, before, recordings)):
         removed += queries.prune_fetches(db, first_id, end_id, before, recordings)
     return removed
 
@@ -74,7 +74,7 @@ async def prune_fetch_log_served(database: Database, days: int, now: float | Non
     a job of its own for the writer thread; the rows removed."""
     before = cutoff(days, now)
     recordings = await database.read(queries.prunable_recordings, before)
-    ids = await database.read(queries.old_fetch_ids, before)
+    ids = await database.read(queries.prunable_fetch_ids, before, recordings)
     removed = 0
     for first_id, end_id in _windows(ids):
         removed += await database.write(queries.prune_fetches, first_id, end_id, before, recordings)
