@@ -35,6 +35,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 TOML_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ANYONE = ["0.0.0.0/0", "::/0"]  # the default of [server] status_from
+DEFAULT_FETCH_LOG_DAYS = 90
 
 
 def toml_key(*parts: str) -> str:
@@ -91,6 +92,8 @@ class Config:
     source: Path | None = None  # the file it came from; None for built-in defaults
     # Clients that may read the status page and the API (GET /_/, /_/api/...).
     status_from: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in ANYONE)
+    # Fetch-log rows older than this are pruned (recordings a manifest was frozen from stay).
+    fetch_log_days: int = DEFAULT_FETCH_LOG_DAYS
 
 
 def load_config(
@@ -219,6 +222,7 @@ def parse_config(document: dict, source: Path, *, apt_dir: Path = Path("/etc/apt
     data_dir = Path(str(server.get("data_dir", str, str(default_data_dir()))))
     admin_token = str(server.get("admin_token", str, ""))
     status_from = tuple(_parse_network(server, v) for v in server.strings("status_from", ANYONE))
+    fetch_log_days = _parse_fetch_log_days(server)
     server.reject_unknown()
 
     tables = top.get("upstreams", dict, {})
@@ -230,8 +234,27 @@ def parse_config(document: dict, source: Path, *, apt_dir: Path = Path("/etc/apt
     }
     top.reject_unknown()
     return Config(
-        listen, data_dir, upstreams, branches, admin_token, source, status_from=status_from
+        listen,
+        data_dir,
+        upstreams,
+        branches,
+        admin_token,
+        source,
+        status_from=status_from,
+        fetch_log_days=fetch_log_days,
     )
+
+
+def _parse_fetch_log_days(server: _Section) -> int:
+    # Any TOML value is read, so that the error says what is wanted whatever was written.
+    days = server.get("fetch_log_days", (int, float, str, bool), DEFAULT_FETCH_LOG_DAYS)
+    if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
+        raise server.error(
+            "fetch_log_days",
+            f"{days!r} is not a positive whole number of days",
+            f"write e.g. fetch_log_days = {DEFAULT_FETCH_LOG_DAYS}",
+        )
+    return days
 
 
 def _parse_network(server: _Section, text: str) -> IPNetwork:

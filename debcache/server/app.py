@@ -20,6 +20,7 @@ from ..cache import LiveCache
 from ..config import Config
 from ..db import WRITE_RETRY_SECONDS, Database
 from ..errors import ApiNotAllowed, ConfigError, DebcacheError, UnsupportedMethod
+from ..fetchlog_retention import start_daily_prune, stop_daily_prune
 from ..inflight import Downloads
 from ..integrity import CheckedBlobs
 from ..metrics import Metrics
@@ -113,9 +114,12 @@ async def services(
     app[BLOBS] = CheckedBlobs(store)
     app[MACHINE_NAMES] = MachineNames()
     app[MACHINE_NAMES].look_up()  # DNS: in a thread, before the first API change
+    # The fetch log stays bounded: pruned shortly after start, then daily (one process).
+    pruning = start_daily_prune(database, config)
     try:
         yield
     finally:
+        await stop_daily_prune(pruning)  # before the database closes: it writes there
         await downloads.close()
         await app[BLOBS].close()
         await pinned.close()  # its fills use the session, its re-signings the database
