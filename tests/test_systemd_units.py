@@ -90,6 +90,20 @@ def test_the_service_runs_the_command_install_sh_installs() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_install_sh_installs_the_units_where_systemd_looks() -> None:
+    """Beside the code they run, so that a reinstall updates both (not enabled: the
+    README's "Run as a service" does that)."""
+    units = re.search(r"^units=(\S+)", INSTALL.read_text(), re.MULTILINE)
+    assert units, "install.sh sets no units="
+    result = subprocess.run(
+        ["systemd-analyze", "unit-paths"], capture_output=True, text=True, timeout=60
+    )
+    assert units.group(1) in result.stdout.split(), result.stdout
+    assert 'install -D -m 644 -t "$units" systemd/debcache.service systemd/debcache.socket' in (
+        INSTALL.read_text()
+    )
+
+
 def test_the_service_keeps_its_data_and_reads_its_config_where_debcache_does_as_root() -> None:
     """DynamicUser runs debcache as a user that is not root, whose default data dir would
     be under its home: ExecStart names the state directory, root's default."""
