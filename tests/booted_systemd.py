@@ -185,7 +185,7 @@ class BootedSystemd:
     def _systemd_pid(self) -> int | None:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"the boot failed: {self._boot_log()}")
+            raise AssertionError(f"the boot failed; {inotify_instances()}: {self._boot_log()}")
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         try:
             shown = children.read_text().split()
@@ -203,7 +203,10 @@ class BootedSystemd:
     def _running(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None or not Path(f"/proc/{self.pid}").exists():
-            raise AssertionError(f"systemd ended while booting: {self._boot_log()}")
+            raise AssertionError(
+                f"systemd (pid {self.pid}) ended while booting, unshare's exit status "
+                f"{self.process.poll()}; {inotify_instances()}: {self._boot_log()}"
+            )
         state = self.run("systemctl", "is-system-running").stdout.strip()
         return state in ("running", "degraded")
 
@@ -211,6 +214,19 @@ class BootedSystemd:
         """What the boot script and systemd (on its console) said."""
         said = [(self.state / name).read_text(errors="replace") for name in ("boot.log", "console")]
         return "\n".join(text[-2000:] for text in said if text.strip()) or "(nothing)"
+
+
+def inotify_instances() -> str:
+    """How many inotify instances are open, of the limit per user: systemd exits at once,
+    silently, when it cannot make one (leaked gpg-agents hold two each)."""
+    used = 0
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            used += os.readlink(fd) == "anon_inode:inotify"
+        except OSError:
+            continue
+    limit = Path("/proc/sys/fs/inotify/max_user_instances").read_text().strip()
+    return f"{used} inotify instances open (at most {limit} per user)"
 
 
 def check_python() -> None:

@@ -208,6 +208,9 @@ def test_debcache_runs_under_the_services_sandbox_and_the_readme_commands_work(
             'keyring = "/etc/debcache/archive-keyring.gpg"\n\n'
             "[branches.rel]\nresign = true\n",
         )
+        # What `debcache serve` as root left (the README's set-up): systemd moves it to
+        # /var/lib/private/debcache and gives it to the service's user.
+        system.write("/var/lib/debcache/left-by-root", "")
         for command in (
             # What a boot would have started, for journalctl and systemd-run:
             ["systemctl", "start", "systemd-journald.socket", "systemd-journald.service"],
@@ -265,3 +268,4 @@ def test_debcache_runs_under_the_services_sandbox_and_the_readme_commands_work(
         ).stdout.split()
         assert not strangers, f"not the service user's ({owners}): {strangers}"
         assert system.run("readlink", "/var/lib/debcache").stdout.strip() == "private/debcache"
+        assert system.run("test", "-f", "/var/lib/private/debcache/left-by-root").returncode == 0
