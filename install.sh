@@ -2,8 +2,9 @@
 # Installs debcache from this checkout on Debian 12, as root (README.md, "Set-up"):
 # Debian's python3-venv if it is missing, a virtual environment in /opt/debcache
 # holding debcache and its Python dependencies (from PyPI, or whatever index pip is
-# configured to use), /usr/local/bin/debcache linked to its command, and the README in
-# /usr/local/share/doc/debcache.
+# configured to use), /usr/local/bin/debcache linked to its command, the README in
+# /usr/local/share/doc/debcache, and the systemd units in /usr/local/lib/systemd/system
+# (installed, not enabled: README.md, "Run as a service").
 # Run it again after `git pull`: it reinstalls the checkout into the same place.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,6 +12,7 @@ cd "$(dirname "$0")"
 venv=/opt/debcache
 command_link=/usr/local/bin/debcache
 documentation=/usr/local/share/doc/debcache # systemd/debcache.service's Documentation=
+units=/usr/local/lib/systemd/system # systemd's place for units installed outside dpkg
 python=/usr/bin/python3 # Debian's own, so the service never depends on a user's PATH
 
 fail() {
@@ -48,4 +50,11 @@ echo "install.sh: installing debcache from $PWD into $venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$PWD"
 ln -sfn "$venv/bin/debcache" "$command_link"
 install -D -m 644 README.md "$documentation/README.md"
+# The units go with the code they run, so a reinstall updates both; local changes
+# belong in drop-ins (systemctl edit debcache.service), which a reinstall keeps.
+install -D -m 644 -t "$units" systemd/debcache.service systemd/debcache.socket
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    systemctl daemon-reload # systemd is running: it reads the new units now
+fi
 echo "install.sh: done; $command_link runs $venv/bin/debcache. Start it with: debcache serve"
+echo "install.sh: or as a service: systemctl enable --now debcache.socket debcache.service"

@@ -37,11 +37,12 @@ from .config import (
 )
 from .diff import diff, load_side
 from .errors import ConfigError, DebcacheError, InvalidLockfile
+from .fetchlog_retention import prune_fetch_log
 from .freeze import freeze
 from .lifecycle import collect_garbage, verify_store
 from .lockfile import export_lockfile, import_manifest, parse_lockfile
 from .manifest import SHORT_ID, load_manifest, resolve_manifest_id
-from .recording import check_recordings_exist, recording_contents, recording_summaries
+from .recording import check_recordings_exist, recording_contents, recordings_listing
 from .resign import export_public_key
 from .status import collect_status, status_json
 from .store import FileStore
@@ -529,6 +530,10 @@ def when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def day(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d")
+
+
 def size(count: int | None) -> str:
     value = float(count or 0)
     for unit in ("B", "kB", "MB", "GB"):
@@ -583,7 +588,11 @@ def recordings(context: click.Context, as_json: bool) -> None:
 @pass_config
 def list_recordings(config: Config, as_json: bool) -> None:
     database, _ = open_state(config, read_only=True)
-    rows = recording_summaries(database)
+    listing = recordings_listing(database, config.fetch_log_days)
+    if as_json:
+        print_json(listing)
+        return
+    rows = listing["recordings"]
     columns: dict[str, Column] = {
         "RECORDING": lambda r: r["recording"],
         "FIRST": lambda r: when(r["first"]),
@@ -594,8 +603,21 @@ def list_recordings(config: Config, as_json: bool) -> None:
         "UPSTREAMS": lambda r: r["upstreams"],
     }
     empty = "No recordings yet. Tag an install with http://NAME@cache:3142/ as its proxy."
-    if print_listing(rows, as_json, columns, empty):
+    tabled = print_listing(rows, False, columns, empty)
+    click.echo(("\n" if tabled else "") + fetch_log_line(listing["fetch_log"]))
+    if tabled:
         click.echo("\nFreeze one with: debcache freeze RECORDING")
+
+
+def fetch_log_line(extent: dict) -> str:
+    """How far back the fetch log goes, and what pruning keeps."""
+    pruned = (
+        f"rows older than {extent['days']} days are pruned, "
+        "except those of recordings a manifest was frozen from"
+    )
+    if extent["since"] is None:
+        return f"fetch log: empty ({pruned})"
+    return f"fetch log: since {day(extent['since'])} ({pruned})"
 
 
 def _failed_count(row: dict) -> str:
@@ -998,6 +1020,7 @@ def parse_size(text: str) -> int:
 @pass_config
 def gc_command(config: Config, max_size: str, dry_run: bool, as_json: bool) -> None:
     """Evict live-cache blobs, least recently used first; pinned manifests' blobs stay.
+    Then prune fetch-log rows older than [server] fetch_log_days (frozen recordings stay).
 
     \b
     Example:
@@ -1005,11 +1028,14 @@ def gc_command(config: Config, max_size: str, dry_run: bool, as_json: bool) -> N
     """
     database, store = open_state(config)
     report = collect_garbage(database, store, parse_size(max_size), dry_run)
+    # After the eviction, which ranks blobs by their last use in the fetch log.
+    pruned = prune_fetch_log(database, config.fetch_log_days, dry_run)
     summary = {
         "evicted": len(report.evicted),
         "freed": report.freed,
         "size_before": report.size_before,
         "kept_protected": report.kept_protected,
+        "pruned_fetches": pruned,
         "dry_run": dry_run,
     }
     if as_json:
@@ -1019,6 +1045,11 @@ def gc_command(config: Config, max_size: str, dry_run: bool, as_json: bool) -> N
     click.echo(
         f"{verb} {len(report.evicted)} blobs, {size(report.freed)} of {size(report.size_before)}; "
         f"{report.kept_protected} blobs of pinned manifests kept."
+    )
+    verb = "Would prune" if dry_run else "Pruned"
+    click.echo(
+        f"{verb} {pruned} fetch-log rows older than {config.fetch_log_days} days; "
+        "rows of recordings a manifest was frozen from kept."
     )
 
 

@@ -35,6 +35,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 TOML_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ANYONE = ["0.0.0.0/0", "::/0"]  # the default of [server] status_from
+DEFAULT_FETCH_LOG_DAYS = 90
 
 
 def toml_key(*parts: str) -> str:
@@ -93,6 +94,8 @@ class Config:
     status_from: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in ANYONE)
     # Processes that answer clients; None: one per CPU this process may run on.
     workers: int | None = None
+    # Fetch-log rows older than this are pruned (recordings a manifest was frozen from stay).
+    fetch_log_days: int = DEFAULT_FETCH_LOG_DAYS
 
     @property
     def worker_count(self) -> int:
@@ -243,6 +246,7 @@ def parse_config(document: dict, source: Path, *, apt_dir: Path = Path("/etc/apt
     if workers is not None:
         workers = check_worker_count(workers, f"{source}: {toml_key('server', 'workers')}")
     server.seen.add("workers")
+    fetch_log_days = _parse_fetch_log_days(server)
     server.reject_unknown()
 
     tables = top.get("upstreams", dict, {})
@@ -262,7 +266,20 @@ def parse_config(document: dict, source: Path, *, apt_dir: Path = Path("/etc/apt
         source,
         status_from=status_from,
         workers=workers,
+        fetch_log_days=fetch_log_days,
     )
+
+
+def _parse_fetch_log_days(server: _Section) -> int:
+    # Any TOML value is read, so that the error says what is wanted whatever was written.
+    days = server.get("fetch_log_days", (int, float, str, bool), DEFAULT_FETCH_LOG_DAYS)
+    if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
+        raise server.error(
+            "fetch_log_days",
+            f"{days!r} is not a positive whole number of days",
+            f"write e.g. fetch_log_days = {DEFAULT_FETCH_LOG_DAYS}",
+        )
+    return days
 
 
 def _parse_network(server: _Section, text: str) -> IPNetwork:

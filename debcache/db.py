@@ -966,6 +966,86 @@ def recording_names(db: sqlite_utils.Database) -> set[str]:
     return {row[0] for row in rows.fetchall()}
 
 
+# --- fetch-log retention: what fetchlog_retention.py prunes ---------------------------
+
+# The recordings some manifest was frozen from (manifests.recordings is a JSON list).
+FROZEN_RECORDINGS = "SELECT j.value FROM manifests m, json_each(m.recordings) j"
+# An old row that goes: unrecorded, or of a recording in the JSON list given. The unary +
+# keeps SQLite off the recording index: for `recording IS NULL OR ...` it would walk every
+# unrecorded entry there (seconds), rather than the id range or the time index.
+_PRUNABLE = "(+recording IS NULL OR +recording IN (SELECT value FROM json_each(?)))"
+
+
+def prunable_recordings(db: sqlite_utils.Database, cutoff: float) -> set[str]:
+    """Recordings whose newest row is older than `cutoff` and that no manifest was frozen
+    from: pruned whole. Only recordings with an old row are looked at: `+recording` keeps
+    SQLite on the time index rather than walking the whole recording index."""
+    rows = db.execute(
+        f"""SELECT c.recording FROM (
+            SELECT DISTINCT +recording AS recording FROM fetches
+            WHERE time < :cutoff AND +recording IS NOT NULL
+        ) c
+        WHERE NOT EXISTS (
+            SELECT 1 FROM fetches f WHERE f.recording = c.recording AND f.time >= :cutoff)
+        AND c.recording NOT IN ({FROZEN_RECORDINGS})""",
+        {"cutoff": cutoff},
+    )
+    return {row[0] for row in rows.fetchall()}
+
+
+def prunable_fetch_ids(
+    db: sqlite_utils.Database, cutoff: float, recordings: set[str]
+) -> tuple[int, int] | None:
+    """The lowest and highest id of the rows `prune_fetches` would delete; None when there
+    are none. Not of every old row: the kept ones (frozen recordings) reach back years."""
+    first, last = db.execute(
+        f"""SELECT MIN(id), MAX(id) FROM fetches WHERE time < ? AND {_PRUNABLE}""",
+        [cutoff, json.dumps(sorted(recordings))],
+    ).fetchone()
+    return None if first is None else (first, last)
+
+
+def prune_fetches(
+    db: sqlite_utils.Database, first_id: int, end_id: int, cutoff: float, recordings: set[str]
+) -> int:
+    """Delete, among ids first_id <= id < end_id, the rows older than `cutoff` that are
+    unrecorded or of `recordings` (never of one a manifest was frozen from meanwhile), in
+    one transaction (a savepoint on the writer thread); how many went."""
+    with db.atomic():
+        present = db.execute(
+            """SELECT DISTINCT +recording FROM fetches
+            WHERE id >= ? AND id < ? AND +recording IS NOT NULL""",
+            [first_id, end_id],
+        ).fetchall()
+        names = sorted({row[0] for row in present} & recordings)
+        # A manifest frozen from one of them since the plan was made keeps it.
+        cursor = db.conn.execute(
+            f"""DELETE FROM fetches WHERE id >= ? AND id < ? AND +time < ? AND {_PRUNABLE}
+            AND (+recording IS NULL OR +recording NOT IN ({FROZEN_RECORDINGS}))""",
+            [first_id, end_id, cutoff, json.dumps(names)],
+        )
+        return cursor.rowcount
+
+
+def count_prunable_fetches(db: sqlite_utils.Database, cutoff: float, recordings: set[str]) -> int:
+    """How many rows `prune_fetches` would delete over all ids (gc --dry-run)."""
+    return db.execute(
+        f"SELECT COUNT(*) FROM fetches WHERE time < ? AND {_PRUNABLE}",
+        [cutoff, json.dumps(sorted(recordings))],
+    ).fetchone()[0]
+
+
+def fetch_log_since(db: sqlite_utils.Database) -> float | None:
+    """The time of the oldest row that pruning may remove (not one of a recording a
+    manifest was frozen from: those stay); None when there is none."""
+    row = db.execute(  # ORDER BY + LIMIT: the time index, stopping at the first match
+        f"""SELECT time FROM fetches
+        WHERE recording IS NULL OR recording NOT IN ({FROZEN_RECORDINGS})
+        ORDER BY time LIMIT 1"""
+    ).fetchone()
+    return row[0] if row else None
+
+
 def served_by_source(db: sqlite_utils.Database, since: float) -> dict[str, dict[str, int]]:
     """Requests and bytes served whole since `since`, by source (hit, miss, pinned, ...)."""
     rows = db.execute(

@@ -19,6 +19,7 @@ import sqlite_utils
 from . import db as queries
 from .db import FETCH_COLUMNS, Database
 from .errors import InvalidCredentials, InvalidName, UnknownRecording
+from .fetchlog_retention import fetch_log_extent
 from .manifest import near_matches
 from .metrics import Metrics
 
@@ -180,6 +181,15 @@ def recording_summaries(db: sqlite_utils.Database) -> list[dict]:
         row["failed"] = len(mine)
         row["expected_failures"] = sum(1 for f in mine if f.expected)
     return rows
+
+
+def recordings_listing(db: sqlite_utils.Database, fetch_log_days: int) -> dict:
+    """What `recordings` lists: each recording's summary, and how far back the fetch log
+    goes (a recording whose rows were all pruned is simply no longer there)."""
+    return {
+        "recordings": recording_summaries(db),
+        "fetch_log": fetch_log_extent(db, fetch_log_days),
+    }
 
 
 def recording_contents(db: sqlite_utils.Database, name: str) -> dict:

@@ -58,6 +58,10 @@ def make_signing_key(
     if temporary:
         home = Path(tempfile.mkdtemp(prefix="dcgpg-"))
     home.mkdir(mode=0o700, exist_ok=True)
+    # Without this each agent holds two inotify instances until the run ends, and a
+    # full run's agents use up root's 128 (fs.inotify.max_user_instances): a
+    # systemd booted by tests/booted_systemd.py could then not start.
+    (home / "gpg-agent.conf").write_text("disable-check-own-socket\n")
     atexit.register(_stop_agent, home, temporary)
     try:
         _gpg(home, "--quick-gen-key", uid, "ed25519", "sign", "never")

@@ -156,7 +156,9 @@ def test_serve_takes_the_data_dir_before_the_command_too(tmp_path: Path) -> None
     )
     assert (result.exit_code, result.output) == (
         0,
-        "No recordings yet. Tag an install with http://NAME@cache:3142/ as its proxy.\n",
+        "No recordings yet. Tag an install with http://NAME@cache:3142/ as its proxy.\n"
+        "fetch log: empty (rows older than 90 days are pruned, except those of recordings "
+        "a manifest was frozen from)\n",
     )
 
 

@@ -81,7 +81,7 @@ def test_a_debian_installer_recording_freezes_and_its_pin_answers_the_probes(
 
     # The 404s are failed fetches, not files, and expected ones.
     listing = json.loads(run(own_debcache, "recordings", "--json").output)
-    assert [(r["files"], r["failed"], r["expected_failures"]) for r in listing] == [
+    assert [(r["files"], r["failed"], r["expected_failures"]) for r in listing["recordings"]] == [
         (len(PROBED) - len(MISSING) + len(installer_paths(archive)), 3, 3)
     ]
     shown = json.loads(run(own_debcache, "recordings", "show", "di1", "--json").output)

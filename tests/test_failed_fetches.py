@@ -37,9 +37,10 @@ def test_failed_fetches_are_counted_apart_named_by_freeze_and_refused_by_strict(
     server.wait_for_fetches(rows_before + 2, recording="job")
 
     listing = json.loads(run(server, "recordings", "--json").output)
-    assert [(r["recording"], r["files"], r["failed"], r["expected_failures"]) for r in listing] == [
-        ("job", files, 2, 0)
-    ]
+    assert [
+        (r["recording"], r["files"], r["failed"], r["expected_failures"])
+        for r in listing["recordings"]
+    ] == [("job", files, 2, 0)]
     assert call(server, "GET", "/_/api/recordings")[1] == listing
     table = run(server, "recordings").output.splitlines()
     assert table[0].split() == [
@@ -82,7 +83,9 @@ def test_a_recording_of_nothing_but_failures_is_listed_and_not_frozen(
     assert get(keyed_debcache.url, f"/record/dud/debian/{MISSING}").status == 404
     keyed_debcache.wait_for_fetches(1, recording="dud")
     listing = json.loads(run(keyed_debcache, "recordings", "--json").output)
-    assert [(r["recording"], r["files"], r["failed"]) for r in listing] == [("dud", 0, 1)]
+    assert [(r["recording"], r["files"], r["failed"]) for r in listing["recordings"]] == [
+        ("dud", 0, 1)
+    ]
     result = run(keyed_debcache, "freeze", "dud")
     assert result.exit_code == 1
     assert result.output == (

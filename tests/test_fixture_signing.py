@@ -3,6 +3,7 @@ and a suite signed by another key is refused by gpgv and apt."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,36 @@ def test_suite_signed_by_another_key(own_archive: Archive, tmp_path: Path) -> No
 
     archive.publish_suite("bookworm", default_packages())
     assert gpgv(archive.key.keyring, dists / "InRelease").returncode == 0
+
+
+def test_a_keys_gpg_agent_holds_no_inotify_instance(tmp_path: Path) -> None:
+    """A run makes dozens of keys whose agents live until it ends: two inotify instances
+    each would use up root's 128 (a systemd booted by a later test could not start)."""
+    key = make_signing_key(tmp_path / "key")
+    key.gpg("--clearsign", "--output", "-", stdin=b"signed\n")  # the agent signs
+    agents = [
+        process for process in Path("/proc").glob("[0-9]*") if agent_of(process, key.gnupghome)
+    ]
+    assert agents, f"no gpg-agent runs for {key.gnupghome}"
+    watches = [
+        fd
+        for process in agents
+        for fd in (process / "fd").iterdir()
+        if fd_target(fd) == "anon_inode:inotify"
+    ]
+    assert not watches
+
+
+def agent_of(process: Path, home: Path) -> bool:
+    try:
+        arguments = (process / "cmdline").read_bytes().split(b"\0")
+    except OSError:  # it ended
+        return False
+    return Path(arguments[0].decode()).name == "gpg-agent" and str(home).encode() in arguments
+
+
+def fd_target(fd: Path) -> str:
+    try:
+        return os.readlink(fd)
+    except OSError:
+        return ""

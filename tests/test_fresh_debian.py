@@ -158,6 +158,12 @@ def test_readme_install_serves_on_fresh_debian_again_and_after_a_pull(
     assert os.readlink(command) == "/opt/debcache/bin/debcache"
     for documentation in unit_documentation_files():
         assert fresh_debian.path(documentation).is_file(), documentation
+    for unit in ("debcache.service", "debcache.socket"):  # README: "Run as a service"
+        installed = fresh_debian.path(f"/usr/local/lib/systemd/system/{unit}").read_text()
+        assert installed == (REPOSITORY / "systemd" / unit).read_text()
+    service = fresh_debian.path("/usr/local/lib/systemd/system/debcache.service").read_text()
+    start = re.search(r"^ExecStart=(\S+)", service, re.MULTILINE)
+    assert start and os.access(fresh_debian.path(start.group(1)), os.X_OK), start
 
     # `git pull` brought a change: the same command installs it over the old copy.
     pulled = "PULLED = True  # a commit the user pulled\n"

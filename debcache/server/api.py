@@ -24,7 +24,7 @@ from ..errors import ApiNotAllowed, InvalidApiRequest
 from ..freeze import freeze
 from ..lockfile import export_lockfile
 from ..manifest import load_manifest, resolve_manifest_id
-from ..recording import check_recordings_exist, recording_contents, recording_summaries
+from ..recording import check_recordings_exist, recording_contents, recordings_listing
 from ..store import FileStore
 from .keys import CONFIG, MACHINE_NAMES, UPSTREAM
 
@@ -150,8 +150,9 @@ async def _body(request: web.Request) -> dict:
 
 
 async def recordings(request: web.Request) -> web.Response:
-    """Recordings: name, first and last fetch, files, failed fetches, clients, upstreams."""
-    return _json(await _run(request, lambda c, db, s: recording_summaries(db)))
+    """Recordings: name, first and last fetch, files, failed fetches, clients, upstreams;
+    and how far back the fetch log goes."""
+    return _json(await _run(request, lambda c, db, s: recordings_listing(db, c.fetch_log_days)))
 
 
 async def recording(request: web.Request) -> web.Response:

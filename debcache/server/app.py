@@ -22,6 +22,7 @@ from ..cache import LiveCache, StoreHits
 from ..config import Config
 from ..db import WRITE_RETRY_SECONDS, Database
 from ..errors import ApiNotAllowed, ConfigError, DebcacheError, UnsupportedMethod
+from ..fetchlog_retention import start_daily_prune, stop_daily_prune
 from ..inflight import Downloads
 from ..integrity import CheckedBlobs
 from ..metrics import Metrics
@@ -155,9 +156,14 @@ async def services(
     app[BLOBS] = CheckedBlobs(store)
     app[MACHINE_NAMES] = MachineNames()
     app[MACHINE_NAMES].look_up()  # DNS: in a thread, before the first API change
+    # The fetch log stays bounded: pruned shortly after start, then daily, by one process
+    # (the fetcher, or the single one), not by every worker.
+    pruning = None if role.relays else start_daily_prune(database, config)
     try:
         yield
     finally:
+        if pruning is not None:
+            await stop_daily_prune(pruning)  # before the database closes: it writes there
         if RELAY in app:
             await app[RELAY].close()
         if isinstance(cache, StoreHits):
