@@ -42,7 +42,8 @@ log = logging.getLogger("debcache.supervisor")  # also when run as __main__
 CHILD_ENV = "DEBCACHE_CHILD"
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
 READY_TIMEOUT = 120.0  # seconds a new child may take to serve (a big cache to load)
-STOP_TIMEOUT = 20.0  # seconds a child may take to drain after SIGTERM, then SIGKILL (< the unit's 30)
+# Seconds a child may take to drain after SIGTERM, then SIGKILL (under the unit's 30 s).
+STOP_TIMEOUT = 20.0
 # A slot whose process exits this many times within CRASH_WINDOW seconds stops the server.
 CRASH_LIMIT = 5
 CRASH_WINDOW = 60.0
