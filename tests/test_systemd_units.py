@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -148,25 +149,18 @@ def readme_service_function() -> str:
     return "\n".join(line.removeprefix(found.group(1)) for line in found.group(2).splitlines())
 
 
-def sandboxed_unit(port: int) -> str:
-    """debcache.service as shipped, but for how it gets its socket and says it is ready.
-
-    Today's `serve` binds --listen itself and never sends READY=1 (issue 15's supervisor
-    takes the socket unit's and notifies), so: Type=exec, no socket, a loopback port.
-    And a system call the filter refuses kills it (SIGSYS) instead of failing with
-    EPERM, so that no refused call goes unseen.
-    """
+def sandboxed_unit() -> str:
+    """debcache.service as shipped, except that a system call the filter refuses kills it
+    (SIGSYS) instead of failing with EPERM, so that no refused call goes unseen."""
     unit = (UNITS / "debcache.service").read_text()
-    changes = [
-        ("Type=notify\n", "Type=exec\n"),
-        ("Requires=debcache.socket\n", ""),
-        (" serve\n", f" serve --listen 127.0.0.1:{port}\n"),
-        ("SystemCallErrorNumber=EPERM\n", ""),
-    ]
-    for old, new in changes:
-        assert unit.count(old) == 1, f"debcache.service: no single {old!r}"
-        unit = unit.replace(old, new)
-    return unit
+    old = "SystemCallErrorNumber=EPERM\n"
+    assert unit.count(old) == 1, f"debcache.service: no single {old!r}"
+    return unit.replace(old, "")
+
+
+def socket_on(port: int) -> str:
+    """A drop-in that moves debcache.socket to a loopback port of the test's."""
+    return f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"
 
 
 def get(url: str) -> bytes:
@@ -200,7 +194,8 @@ def test_debcache_runs_under_the_services_sandbox_and_the_readme_commands_work(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with BootedSystemd() as system:
-        system.write("/etc/systemd/system/debcache.service", sandboxed_unit(port))
+        system.write("/etc/systemd/system/debcache.service", sandboxed_unit())
+        system.write("/etc/systemd/system/debcache.socket.d/test.conf", socket_on(port))
         system.write("/etc/debcache/archive-keyring.gpg", archive.key.keyring.read_bytes())
         system.write(
             "/etc/debcache/debcache.toml",
@@ -216,7 +211,8 @@ def test_debcache_runs_under_the_services_sandbox_and_the_readme_commands_work(
             ["systemctl", "start", "systemd-journald.socket", "systemd-journald.service"],
             ["systemctl", "start", "dbus.socket"],
             ["systemctl", "daemon-reload"],
-            ["systemctl", "start", "debcache.service"],
+            # The README's sequence: returns once debcache said READY=1.
+            ["systemctl", "enable", "--now", "debcache.socket", "debcache.service"],
         ):
             result = system.run(*command)
             assert result.returncode == 0, result.stderr + system.journal("debcache")
@@ -269,3 +265,83 @@ def test_debcache_runs_under_the_services_sandbox_and_the_readme_commands_work(
         assert not strangers, f"not the service user's ({owners}): {strangers}"
         assert system.run("readlink", "/var/lib/debcache").stdout.strip() == "private/debcache"
         assert system.run("test", "-f", "/var/lib/private/debcache/left-by-root").returncode == 0
+
+
+def fetch_loop(url: str, expected: bytes, stop: threading.Event) -> dict[str, int]:
+    """Fetch `url` until `stop`; count answers, refused connections and wrong bodies."""
+    counts = {"right": 0, "refused": 0, "wrong": 0}
+    while not stop.is_set():
+        try:
+            body = get(url)
+        except urllib.error.URLError as error:
+            refused = isinstance(error.reason, ConnectionRefusedError)
+            counts["refused" if refused else "wrong"] += 1
+            continue
+        except (ConnectionError, OSError):
+            counts["wrong"] += 1
+            continue
+        counts["right" if body == expected else "wrong"] += 1
+    return counts
+
+
+def test_the_socket_keeps_every_connection_through_reload_restart_and_stop_start(
+    archive: Archive, mirror: FakeMirror
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with BootedSystemd() as system:
+        system.write(
+            "/etc/systemd/system/debcache.socket.d/test.conf",
+            socket_on(port),
+        )
+        system.write("/etc/debcache/archive-keyring.gpg", archive.key.keyring.read_bytes())
+        system.write(
+            "/etc/debcache/debcache.toml",
+            f'[upstreams.debian]\nurls = ["{mirror.url}/debian"]\n'
+            'keyring = "/etc/debcache/archive-keyring.gpg"\n',
+        )
+        for command in (
+            ["systemctl", "start", "systemd-journald.socket", "systemd-journald.service"],
+            ["systemctl", "daemon-reload"],
+            # The README's sequence: returns once debcache said READY=1.
+            ["systemctl", "enable", "--now", "debcache.socket", "debcache.service"],
+        ):
+            result = system.run(*command)
+            assert result.returncode == 0, result.stderr + system.journal("debcache")
+        path = "dists/bookworm/InRelease"
+        expected = archive.read(path)
+        assert get(f"{url}/debian/{path}") == expected
+
+        stop = threading.Event()
+        counts: dict[str, int] = {}
+        client = threading.Thread(
+            target=lambda: counts.update(fetch_loop(f"{url}/debian/{path}", expected, stop))
+        )
+        client.start()
+        try:
+            for command in (
+                ["systemctl", "reload", "debcache"],  # HUP: new code, sockets kept
+                ["systemctl", "restart", "debcache"],  # the socket stays
+                ["systemctl", "stop", "debcache.service"],  # the next connection starts it
+                ["systemctl", "start", "debcache.service"],
+                ["systemctl", "reload", "debcache"],
+            ):
+                result = system.run(*command)
+                assert result.returncode == 0, result.stderr + system.journal("debcache")
+                wait_until(
+                    lambda: (
+                        "ActiveState=active"
+                        in system.run("systemctl", "show", "debcache", "-p", "ActiveState").stdout
+                    ),
+                    lambda: system.journal("debcache"),
+                    deadline=60,
+                )
+        finally:
+            stop.set()
+            client.join()
+        assert counts["refused"] == 0 and counts["wrong"] == 0, counts
+        assert counts["right"] > 0, counts
+        show = system.run("systemctl", "show", "debcache.service", "-p", "NRestarts,Result")
+        assert sorted(show.stdout.split()) == ["NRestarts=0", "Result=success"], system.journal(
+            "debcache"
+        )
