@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import report as summary
+from benchmarks import systems
 from benchmarks import workloads as load
 from benchmarks.diff_scale import diff_at_scale
 from benchmarks.fixture import build_fixture
@@ -46,6 +47,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy flame graphs of debcache's phases"
+    )
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="debcache's worker processes (default: its own)"
     )
     return parser.parse_args()
 
@@ -172,6 +176,7 @@ def finish(report: Report, args: argparse.Namespace, settings: Settings, seconds
         "debcache_commit": summary.git("rev-parse", "--short", "HEAD"),
         "debcache_uncommitted": summary.git("status", "--short", "debcache/").splitlines(),
         "profiles": str(args.profile) if args.profile else None,
+        "debcache_workers": args.workers or "default",
     }
     summary.print_summary(results)
     print(f"\nruntime {results['meta']['runtime_seconds']} s ({settings.mode})")
@@ -184,6 +189,7 @@ def main() -> None:
     # nginx and the peers live in sbin, which a non-login root shell may lack.
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     profiler = Profiler(args.profile)
+    systems.DEBCACHE_WORKERS = args.workers
     settings = QUICK if args.quick else FULL
     started = time.perf_counter()
     if os.geteuid() != 0:

@@ -134,10 +134,14 @@ class Pinned(System):
         self.port, self.process = debcache.port, debcache.process
 
 
+DEBCACHE_WORKERS: int | None = None  # run.py --workers; None: debcache's default
+
+
 def write_config(config: Path, port: int, data: Path, upstream: str, keyring: Path) -> None:
     """A debcache configuration with one upstream, `debian`."""
+    workers = f"workers = {DEBCACHE_WORKERS}\n" if DEBCACHE_WORKERS else ""
     config.write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\ndata_dir = "{data}"\n\n'
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\ndata_dir = "{data}"\n{workers}\n'
         f'[upstreams.debian]\nurls = ["{upstream}"]\nkeyring = "{keyring}"\n'
     )
 
