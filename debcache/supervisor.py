@@ -290,8 +290,14 @@ class Supervisor:
         self.current = [replacement if c is child else c for c in self.current]
 
     async def _stop_children(self, children: set[Child] | list[Child]) -> None:
-        """SIGTERM (they drain), then SIGKILL whatever is still there after STOP_TIMEOUT."""
+        """The workers first, then the fetcher: a worker that drains may still relay a
+        request, which only a fetcher can answer."""
         children = list(children)
+        await self._stop_now([c for c in children if c.spec.role != "fetcher"])
+        await self._stop_now([c for c in children if c.spec.role == "fetcher"])
+
+    async def _stop_now(self, children: list[Child]) -> None:
+        """SIGTERM (they drain), then SIGKILL whatever is still there after STOP_TIMEOUT."""
         for child in children:
             child.retired = True
             _signal(child, signal.SIGTERM)

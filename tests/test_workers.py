@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -253,7 +254,7 @@ class Fetching:
                 try:
                     reply = get(self.url, target, timeout=30)
                 except OSError as exc:
-                    self.problems.append(f"{target}: {exc!r}")
+                    self.problems.append(f"{target}: {exc!r} at {time.time():.3f}")
                     continue
                 if (reply.status, reply.body, reply.broken) != (200, body, None):
                     self.problems.append(f"{target}: {reply.status} {reply.broken}")

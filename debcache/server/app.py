@@ -366,14 +366,15 @@ async def run_server(
     stop: asyncio.Event | None = None,
     role: Role = SINGLE,
     on_ready: Callable[[], None] | None = None,
-    accepted_grace: float = 0.0,
+    drain_seconds: float = 0.0,
 ) -> None:
     """Serve on `sockets` until `stop` is set (or SIGINT/SIGTERM when run as a service).
 
-    On stop, this process stops accepting first; connections it accepted get
-    `accepted_grace` seconds to send their request (else aiohttp would close them
-    unanswered, a failed request for a client that a process beside this one would
-    have served), then responses under way get up to SHUTDOWN_TIMEOUT seconds."""
+    On stop, this process stops accepting; then for up to `drain_seconds` every
+    connection it has is served to the end of its current or next request and closed
+    (aiohttp alone would close one that has not sent its request yet unanswered: a
+    failed request for a client that a process beside this one would have served);
+    what still runs after that gets SHUTDOWN_TIMEOUT seconds."""
     stop = stop or asyncio.Event()
     # The fetcher's requests are the workers' relays, which the workers log.
     access_log = None if role.name == "fetcher" else logging.getLogger("debcache.access")
@@ -392,19 +393,46 @@ async def run_server(
         if on_ready is not None:
             on_ready()
         await stop.wait()
+        if drain_seconds:
+            await _stop_accepting(sockets)
         for site in list(runner.sites):
             await site.stop()
-        if accepted_grace and runner.server is not None and runner.server.connections:
-            await asyncio.sleep(accepted_grace)
+        if drain_seconds and runner.server is not None:
+            await _drain(runner.server, drain_seconds)
     finally:
         await runner.cleanup()
 
 
-# Seconds a connection accepted just before a server process stops has to send its request.
-ACCEPTED_GRACE = 1.0
-# Seconds responses under way may take to finish when a process stops or is replaced by
-# a reload; a client that stopped reading must not hold up a restart for longer.
-SHUTDOWN_TIMEOUT = 10.0
+async def _stop_accepting(sockets: list[socket.socket]) -> None:
+    """Stop accepting, then let the connections accepted last become transports.
+
+    asyncio accepts a batch of connections and makes each one's transport in a task
+    of its own; if the server closes before such a task runs, the transport cannot
+    attach and the connection is closed with its request unread (the client sees a
+    reset). So: no more accepts first, the server's close only a moment later."""
+    loop = asyncio.get_running_loop()
+    for sock in sockets:
+        loop.remove_reader(sock.fileno())
+    await asyncio.sleep(ACCEPTED_JOIN)
+
+
+async def _drain(server: web.Server, seconds: float) -> None:
+    """Until every connection has closed, each after its current or next response;
+    at most `seconds` (an idle keep-alive connection may never send another request)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + seconds
+    while server.connections and loop.time() < give_up:
+        for connection in server.connections:
+            connection.keep_alive(False)
+        await asyncio.sleep(0.05)
+
+
+# Seconds a stopping server process serves the connections it has (see run_server).
+DRAIN_SECONDS = 10.0
+ACCEPTED_JOIN = 0.1  # seconds for the transports of the connections accepted last
+# Seconds responses still under way after that may take: a client that stopped
+# reading must not hold up a restart for longer.
+SHUTDOWN_TIMEOUT = 5.0
 
 
 def serve_child(config: Config, spec: ChildSpec) -> None:
@@ -427,7 +455,7 @@ def serve_child(config: Config, spec: ChildSpec) -> None:
         loop.add_reader(spec.parent_fd, _on_parent_pipe, spec.parent_fd, stop)
         flushing = asyncio.ensure_future(BatchedAccessLog.install().run())
         try:
-            await run_server(config, sockets, stop, role, ready, ACCEPTED_GRACE)
+            await run_server(config, sockets, stop, role, ready, DRAIN_SECONDS)
         finally:
             flushing.cancel()
             await asyncio.gather(flushing, return_exceptions=True)
