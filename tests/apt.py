@@ -173,3 +173,13 @@ class AptRoot:
         """Delete downloaded .debs (and partial files), like ``apt-get clean``."""
         for path in [*self.archives.glob("*.deb"), *(self.archives / "partial").iterdir()]:
             path.unlink()
+
+
+def install_from(apt: AptRoot, sources: list[str], *packages: str) -> dict[str, bytes]:
+    """apt-get update from `sources`, then download `packages`; what apt downloaded."""
+    apt.write_sources(sources)
+    update = apt.update()
+    assert update.returncode == 0, update.stdout + update.stderr
+    result = apt.download(*packages)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return apt.downloaded()

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from apt import AptRoot
+from apt import AptRoot, install_from
 from archive_fixture import Archive, point_release
 from click.testing import CliRunner
 from debcache_server import DebcacheServer
@@ -53,15 +53,6 @@ def edge(own_debcache: DebcacheServer, tmp_path: Path):
 
 def pinned_sources(url: str, archive: Archive) -> list[str]:
     return [f"deb [signed-by={archive.key.keyring}] {url}/pin/b1/debian bookworm main"]
-
-
-def install_through(apt: AptRoot, sources: list[str], *packages: str) -> dict[str, bytes]:
-    apt.write_sources(sources)
-    update = apt.update()
-    assert update.returncode == 0, update.stdout + update.stderr
-    result = apt.download(*packages)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return apt.downloaded()
 
 
 def sha256(data: bytes) -> str:
@@ -141,7 +132,7 @@ def test_a_pinned_install_through_the_edge_survives_the_origin_stopping(
 ) -> None:
     entries, recorded = pinned
     sources = pinned_sources(edge.url, own_archive)
-    assert install_through(AptRoot(tmp_path / "warm"), sources, *PACKAGES) == recorded
+    assert install_from(AptRoot(tmp_path / "warm"), sources, *PACKAGES) == recorded
     manifest = json.loads(run(own_debcache, "branches", "--json").output)[0]["manifest_id"]
     for entry in entries:  # the files apt did not ask for this time, and the manifest's URLs
         assert get(edge.url, f"/pin/b1/debian/{entry['path']}").status == 200
@@ -155,7 +146,7 @@ def test_a_pinned_install_through_the_edge_survives_the_origin_stopping(
         lambda: get(edge.url, in_release).header("X-Debcache-Edge") == "STALE",
         "the edge to serve a stale InRelease",
     )
-    assert install_through(AptRoot(tmp_path / "offline"), sources, *PACKAGES) == recorded
+    assert install_from(AptRoot(tmp_path / "offline"), sources, *PACKAGES) == recorded
     for entry in entries:
         reply = get(edge.url, f"/pin/b1/debian/{entry['path']}")
         assert reply.status == 200 and sha256(reply.body) == entry["sha256"], entry["path"]

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from apt import AptRoot
+from apt import AptRoot, install_from
 from archive_fixture import Archive, point_release
 from debcache_server import DebcacheServer, make_config, write_config_file
 from fake_mirror import FakeMirror, Fault
@@ -33,15 +33,6 @@ INSTALLER_FILES = (
 def pinned_sources(server: DebcacheServer, archive: Archive, branch: str) -> list[str]:
     url = f"{server.url}/pin/{branch}/debian"
     return [f"deb [signed-by={archive.key.keyring}] {url} bookworm main"]
-
-
-def install_from(apt: AptRoot, sources: list[str], *packages: str) -> dict[str, bytes]:
-    apt.write_sources(sources)
-    update = apt.update()
-    assert update.returncode == 0, update.stdout + update.stderr
-    result = apt.download(*packages)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return apt.downloaded()
 
 
 def freeze_and_promote(own_debcache: DebcacheServer, recording: str, branch: str) -> str:
