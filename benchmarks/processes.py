@@ -133,17 +133,29 @@ def tree_rss_mb(root: int) -> float:
     return sum(status_kb(pid, "VmRSS") for pid in tree_pids(root)) / 1024
 
 
+def tree_pss_mb(root: int) -> float:
+    """The summed proportional set size of a process tree, in MiB: each process's
+    private pages, and its share of the pages it shares (the interpreter, libraries),
+    so that several processes of one program are not counted for the same page twice."""
+    total = 0
+    for pid in tree_pids(root):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as f:
+            total += next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
+    return total / 1024
+
+
 class RssSampler:
-    """Samples the summed RSS of a process tree while a load runs."""
+    """Samples the summed RSS (and PSS) of a process tree while a load runs."""
 
     def __init__(self, root: int) -> None:
-        self.root, self.peak = root, 0.0
+        self.root, self.peak, self.peak_pss = root, 0.0, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
             self.peak = max(self.peak, tree_rss_mb(self.root))
+            self.peak_pss = max(self.peak_pss, tree_pss_mb(self.root))
 
     def __enter__(self) -> RssSampler:
         self._thread.start()

@@ -214,11 +214,12 @@ def rss(bench: Bench, system: System) -> None:
     rate = warm64[-1]["MB_s"] if warm64 else 500
     seconds = round(min(max(s.rss_bytes / MB / max(rate, 1), s.wrk_seconds), 30))
     before = tree_rss_mb(system.pid)
-    after_runs, pulled, peaks = [], [], []
+    after_runs, pulled, peaks, pss_peaks = [], [], [], []
     for _ in range(s.rss_runs):
         record = bench.wrk.run(system, bench.fx.pool, 64, seconds)
         pulled.append(round(record["bytes"] / MB))
         peaks.append(record["server_rss_peak_mb"])
+        pss_peaks.append(record["server_pss_peak_mb"])
         time.sleep(0.5)
         after_runs.append(round(tree_rss_mb(system.pid), 1))
     record = {
@@ -229,6 +230,7 @@ def rss(bench: Bench, system: System) -> None:
         "rss_before_mb": round(before, 1),
         "rss_after_each_mb": after_runs,
         "peak_rss_mb": max(peaks),
+        "peak_pss_mb": max(pss_peaks),
         "vmhwm_mb": round(status_kb(system.pid, "VmHWM") / 1024, 1),
         "growth_run2_to_last_mb": round(
             after_runs[-1] - after_runs[min(1, len(after_runs) - 1)], 1

@@ -84,6 +84,7 @@ class Wrk:
             "client_cpu": round(client_cpu / wall, 2),
             "server_cpu": round(server_cpu / wall, 2),
             "server_rss_peak_mb": round(sampler.peak, 1),
+            "server_pss_peak_mb": round(sampler.peak_pss, 1),
             "server_vmhwm_mb": round(max(hwm0, status_kb(system.pid, "VmHWM")) / 1024, 1),
         }
 

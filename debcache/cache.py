@@ -54,6 +54,11 @@ class CachedFile:
     last_modified: str | None
     etag: str | None
     fetched_at: float
+    validated_at: float | None = None  # the last 304 (wall clock), for worker processes
+
+    def fresh_for(self, window: float) -> bool:
+        """Fetched or validated less than `window` seconds ago (by any process)."""
+        return time.time() - max(self.fetched_at, self.validated_at or 0.0) < window
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,8 @@ class LiveCache:
             return Streaming(outcome, "coalesced" if joined else "miss")
         if outcome is NOT_MODIFIED:
             self._validated_at[key] = asyncio.get_running_loop().time()
+            if upstream.coalesce_window > 0:  # worker processes serve it within the window too
+                self.database.write_soon(queries.mark_validated, *key, time.time())
             return FromStore(*(self.lookup(upstream.name, path) or cached), "hit")
         if outcome.status >= 500 and cached:
             return FromStore(*cached, "stale", warning=f"upstream answered {outcome.status}")
@@ -318,12 +325,14 @@ def _directory_of(path: str) -> str:
 
 
 class StoreHits:
-    """A worker process's view of the live cache: immutable files already in the store.
+    """A worker process's view of the live cache: what it may serve from the store.
 
     The fetcher process commits downloads to the store and the database; a worker
-    finds them there (one indexed row, read on the loop) and remembers the path,
-    since a pool or by-hash path always names the same content. Anything else,
-    volatile files included, is RELAYED: freshness is the fetcher's to decide.
+    finds them there (one indexed row, read on the loop). A pool or by-hash path
+    always names the same content, so it is remembered; a volatile file (InRelease,
+    Packages) is served only while the fetcher's last download or revalidation of
+    it is younger than the upstream's coalesce_window, as the fetcher would serve
+    it. Anything else is RELAYED: freshness beyond that is the fetcher's to decide.
     """
 
     REMEMBERED = 200_000  # paths, at most (about 60 MB): then it starts over
@@ -343,23 +352,29 @@ class StoreHits:
         found = self._files.get(key)
         if found is not None:
             return found
-        if not classify_path(path).immutable:
-            return None
+        immutable = classify_path(path).immutable
+        found = self._stored(upstream, path)
+        if found is not None and immutable:
+            if len(self._files) >= self.REMEMBERED:
+                self._files.clear()
+            self._files[key] = found
+        return found
+
+    def _stored(self, upstream: str, path: str) -> tuple[CachedFile, Path] | None:
         row = queries.cached_row(self._db, upstream, path)
         if row is None:
             return None
         file = CachedFile(**row)
         blob = self.store.local_path(file.sha256)
-        if not blob.is_file():  # evicted or quarantined: the fetcher gets it again
-            return None
-        if len(self._files) >= self.REMEMBERED:
-            self._files.clear()
-        self._files[key] = (file, blob)
-        return file, blob
+        return (file, blob) if blob.is_file() else None  # else evicted or quarantined
 
     def forget(self, upstream: str, path: str) -> None:
         self._files.pop((upstream, path), None)
 
     async def fetch(self, upstream: Upstream, path: str) -> Outcome:
         found = self.lookup(upstream.name, path)
-        return FromStore(*found, "hit") if found else RELAYED
+        if found is None:
+            return RELAYED
+        if classify_path(path).immutable or found[0].fresh_for(upstream.coalesce_window):
+            return FromStore(*found, "hit")
+        return RELAYED

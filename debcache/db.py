@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS cached (
     last_modified TEXT,          -- the upstream's header, sent back as If-Modified-Since
     etag TEXT,                   -- the upstream's, sent back as If-None-Match
     fetched_at REAL NOT NULL,
+    validated_at REAL,           -- last 304 from the upstream: fresh for its coalesce_window
     PRIMARY KEY (upstream, path)
 );
 CREATE TABLE IF NOT EXISTS pool_hashes (
@@ -184,6 +185,7 @@ def connect_read_only(path: Path) -> sqlite_utils.Database:
 # Indexes need no entry: SCHEMA creates each IF NOT EXISTS at every open, which builds a
 # new one on an old database too (one on an added column belongs in migrate(), after it).
 ADDED_COLUMNS = (
+    ("cached", "validated_at", "REAL"),
     ("manifests", "completed", "TEXT NOT NULL DEFAULT '[]'"),
     ("manifests", "warnings", "TEXT NOT NULL DEFAULT '[]'"),
 )
@@ -625,6 +627,12 @@ def cached_row(db: sqlite_utils.Database, upstream: str, path: str) -> dict | No
     )
     row = cursor.fetchone()
     return dict(zip([c[0] for c in cursor.description], row, strict=True)) if row else None
+
+
+def mark_validated(db: sqlite_utils.Database, upstream: str, path: str, when: float) -> None:
+    db.conn.execute(
+        "UPDATE cached SET validated_at = ? WHERE upstream = ? AND path = ?", (when, upstream, path)
+    )
 
 
 def load_cached(db: sqlite_utils.Database) -> list[dict]:

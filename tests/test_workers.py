@@ -151,6 +151,36 @@ def test_a_burst_over_all_workers_downloads_each_file_once(
     assert mirror.count(f"/debian/{bigpkg}") == 1
 
 
+def test_workers_serve_what_the_store_holds_without_the_fetcher(
+    tmp_path: Path, mirror: FakeMirror, archive: Archive
+) -> None:
+    """A stored pool file, and an index the fetcher fetched or revalidated within the
+    upstream's coalesce_window, are the workers' to serve: they answer with the
+    fetcher stopped (SIGSTOP). A file they may not serve waits for the fetcher."""
+    server = Served(tmp_path, mirror, archive, workers=2)
+    server.write_config("coalesce_window = 60\n")
+    server.start()
+    try:
+        hello = archive.pool_path("hello")
+        for path in (INRELEASE, hello):
+            assert get(server.url, f"/debian/{path}").status == 200
+        with sqlite3.connect(server.data / "debcache.db") as db:
+            stored = lambda: db.execute("SELECT COUNT(*) FROM cached").fetchone()[0] == 2  # noqa: E731
+            wait_until(stored, "the fetcher to store both files")
+        [fetcher] = server.role_pids("fetcher")
+        os.kill(fetcher, signal.SIGSTOP)
+        try:
+            for path in (INRELEASE, hello) * 4:
+                reply = get(server.url, f"/debian/{path}", timeout=30)
+                assert (reply.status, reply.body) == (200, archive.read(path))
+                assert reply.header("X-Debcache") == "hit"
+        finally:
+            os.kill(fetcher, signal.SIGCONT)
+        assert mirror.count(f"/debian/{INRELEASE}") == 1
+    finally:
+        server.stop()
+
+
 def test_a_killed_fetcher_fails_its_transfers_and_the_next_request_downloads_again(
     served, mirror: FakeMirror, archive: Archive
 ) -> None:
