@@ -26,7 +26,14 @@ from archive_fixture import (
 from debcache_server import DebcacheServer, make_config, write_config_file
 from fake_mirror import FakeMirror, Fault
 from http_client import get, request
-from workflow import freeze_json, keyed_debcache_for, manifest_json, record_install, run
+from workflow import (
+    freeze_json,
+    keyed_debcache_for,
+    manifest_json,
+    record_install,
+    run,
+    wait_for_install_rows,
+)
 
 from debcache import db as queries
 from debcache.config import Upstream
@@ -70,7 +77,7 @@ def run_through(
     server: DebcacheServer, mirror: FakeMirror, apt: AptRoot, recording: str | None, *packages: str
 ) -> None:
     """apt-get update (+ download) with debcache as proxy, as `recording` (None: not recorded)."""
-    before = len(mirror.requests)
+    before, had = len(mirror.requests), set(apt.downloaded())
     rows_before = len(server.fetches(recording)) if recording else 0
     user = f"{recording}@" if recording else ""
     proxy = f"http://{user}127.0.0.1:{server.port}/"
@@ -80,7 +87,8 @@ def run_through(
         result = apt.download(*packages, proxy=proxy, options=WITH_TRANSLATIONS)
         assert result.returncode == 0, result.stdout + result.stderr
     if recording:
-        server.wait_for_fetches(rows_before + len(mirror.requests) - before, recording=recording)
+        expected = rows_before + len(mirror.requests) - before
+        wait_for_install_rows(server, recording, expected, apt, had)
 
 
 def warm_host(

@@ -166,12 +166,24 @@ def test_a_recorded_install_through_the_edge_records_every_file(
     assert result.returncode == 0, result.stderr
 
     prefix = "/record/through-edge/debian/"
-    through_edge = [r for r in edge.requests() if r["path"].startswith(prefix)]
-    assert all(r["cache"] == "-" for r in through_edge)  # none answered by the edge itself
-    asked = {unquote(r["path"].removeprefix(prefix)) for r in through_edge if r["status"] == "200"}
-    assert len([path for path in asked if path.endswith(".deb")]) == len(apt.downloaded())
+
+    def through_edge() -> list[dict]:
+        return [r for r in edge.requests() if r["path"].startswith(prefix)]
+
+    def asked() -> set[str]:
+        return {
+            unquote(r["path"].removeprefix(prefix)) for r in through_edge() if r["status"] == "200"
+        }
+
+    # nginx logs a request once it is over, which may be just after apt has its body.
+    debs = lambda: len([path for path in asked() if path.endswith(".deb")])  # noqa: E731
+    wait_until(lambda: debs() == len(apt.downloaded()), lambda: f"{debs()} .debs in the edge's log")
+    assert all(r["cache"] == "-" for r in through_edge())  # none answered by the edge itself
+    asked_paths = asked()
     own_debcache.wait_for_rows(
-        lambda rows: asked <= {r["path"] for r in rows}, "every file apt fetched", "through-edge"
+        lambda rows: asked_paths <= {r["path"] for r in rows},
+        "every file apt fetched",
+        "through-edge",
     )
     frozen = freeze_json(own_debcache, "through-edge")
     assert frozen["id"]

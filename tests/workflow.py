@@ -63,10 +63,16 @@ def record_install(
     if packages:
         result = apt.download(*packages, proxy=proxy)
         assert result.returncode == 0, result.stderr
-    # The recording may have rows already: wait for this install's own on top of them. Files
-    # served from the cache reach no mirror, so the mirror's count alone is too low for a
-    # second host: the .debs apt downloaded come last, so wait for their rows too.
-    expected = rows_before + len(mirror.requests) - before
+    wait_for_install_rows(server, recording, rows_before + len(mirror.requests) - before, apt, had)
+
+
+def wait_for_install_rows(
+    server: DebcacheServer, recording: str, expected: int, apt: AptRoot, had: set[str]
+) -> None:
+    """Until the recording has `expected` rows and one for each .deb apt downloaded since
+    it had `had`. The recording may have rows already, and files served from the cache
+    reach no mirror, so a count alone can be reached before the .debs (which come last)
+    are logged."""
     # apt names a file name_EPOCH%3aVERSION_ARCH.deb; the pool name has no epoch.
     downloaded = {re.sub(r"_\d+%3a", "_", name) for name in set(apt.downloaded()) - had}
 
