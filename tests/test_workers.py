@@ -9,6 +9,7 @@ Properties only; the speed is the benchmark's.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +31,6 @@ from processes import (
     free_port,
     serve_command,
     server_processes,
-    start_serve,
     wait_healthy,
     wait_until,
 )
@@ -63,7 +63,10 @@ class Served:
 
     def start(self, **popen_options) -> Served:
         with open(self.log, "ab") as log:
-            self.process = start_serve(self.config, self.port, stderr=log, **popen_options)
+            self.process = subprocess.Popen(
+                serve_command(self.config), stderr=log, start_new_session=True, **popen_options
+            )
+        wait_healthy(self.process, self.port)
         self.wait_serving(1)
         return self
 
@@ -83,9 +86,15 @@ class Served:
         return [pid for pid, name in self.children().items() if name == role]
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        """SIGTERM and wait; then SIGKILL whatever of its session is left (a child of a
+        supervisor the test killed, say)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def cli(self, *args: str) -> str:
         result = CliRunner().invoke(cli, ["--config", str(self.config), *args])
@@ -103,8 +112,8 @@ def served(tmp_path: Path, mirror: FakeMirror, archive: Archive):
     servers: list[Served] = []
 
     def start(workers: int = 2) -> Served:
-        servers.append(Served(tmp_path, mirror, archive, workers).start())
-        return servers[-1]
+        servers.append(Served(tmp_path, mirror, archive, workers))  # stopped even if it fails
+        return servers[-1].start()
 
     yield start
     for server in servers:
