@@ -345,21 +345,6 @@ class StoreHits:
     def close(self) -> None:
         self._db.conn.close()
 
-    def lookup(self, upstream: str, path: str) -> tuple[CachedFile, Path] | None:
-        """A remembered path is served without a stat: opening its blob finds it gone
-        (BlobGone), and then `forget` makes the next lookup read the database again."""
-        key = (upstream, path)
-        found = self._files.get(key)
-        if found is not None:
-            return found
-        immutable = classify_path(path).immutable
-        found = self._stored(upstream, path)
-        if found is not None and immutable:
-            if len(self._files) >= self.REMEMBERED:
-                self._files.clear()
-            self._files[key] = found
-        return found
-
     def _stored(self, upstream: str, path: str) -> tuple[CachedFile, Path] | None:
         row = queries.cached_row(self._db, upstream, path)
         if row is None:
@@ -372,9 +357,18 @@ class StoreHits:
         self._files.pop((upstream, path), None)
 
     async def fetch(self, upstream: Upstream, path: str) -> Outcome:
-        found = self.lookup(upstream.name, path)
+        """A remembered path is served without a stat: opening its blob finds it gone
+        (BlobGone), and then `forget` makes the next request read the database again."""
+        key = (upstream.name, path)
+        found = self._files.get(key)
+        if found is not None:
+            return FromStore(*found, "hit")
+        found = self._stored(*key)
         if found is None:
             return RELAYED
-        if classify_path(path).immutable or found[0].fresh_for(upstream.coalesce_window):
+        if classify_path(path).immutable:
+            if len(self._files) >= self.REMEMBERED:
+                self._files.clear()
+            self._files[key] = found
             return FromStore(*found, "hit")
-        return RELAYED
+        return FromStore(*found, "hit") if found[0].fresh_for(upstream.coalesce_window) else RELAYED

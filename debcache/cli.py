@@ -8,7 +8,6 @@ import dataclasses
 import errno
 import functools
 import json
-import logging
 import os
 import signal
 import socket
@@ -46,7 +45,7 @@ from .recording import check_recordings_exist, recording_contents, recordings_li
 from .resign import export_public_key
 from .status import collect_status, status_json
 from .store import FileStore
-from .supervisor import EarlySignals, exec_supervisor
+from .supervisor import EarlySignals, configure_logging, exec_supervisor
 from .systemd import listen_sockets
 from .upstream import UpstreamClient, create_session
 
@@ -225,11 +224,7 @@ def serve(
             context.find_object(GroupOptions), data_dir=data_dir, data_dir_named_by="--data-dir"
         )
         config = dataclasses.replace(config, data_dir=data_dir)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging()
     child = ChildSpec.from_env()
     if child is not None:  # one of the supervisor's server processes
         serve_child(config, child)

@@ -59,7 +59,7 @@ class EarlySignals:
 
     def __init__(self) -> None:
         self.received: set[int] = set()
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for signum in SUPERVISOR_SIGNALS:
             signal.signal(signum, self._note)
 
     def _note(self, signum: int, frame: object) -> None:
@@ -388,13 +388,19 @@ def exec_supervisor(
     os.execve(sys.executable, [sys.executable, "-m", "debcache.supervisor"], environment)
 
 
-def main() -> None:
-    plan = json.loads(os.environ.pop(SUPERVISE_ENV))
+def configure_logging() -> None:
+    """The log of every `debcache serve` process: one line a record, on stderr (the
+    journal, under systemd)."""
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+
+
+def main() -> None:
+    plan = json.loads(os.environ.pop(SUPERVISE_ENV))
+    configure_logging()
     early_signals = EarlySignals()
     early_signals.received.update(plan["signals"])
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)  # blocked before the exec

@@ -469,16 +469,3 @@ def _on_parent_pipe(fd: int, stop: asyncio.Event) -> None:
         asyncio.get_running_loop().remove_reader(fd)
         log.warning("the supervisor is gone; stopping")
         stop.set()
-
-
-def serve_forever(config: Config, sockets: list[socket.socket]) -> None:
-    """`debcache serve` in this one process: stops cleanly on SIGINT and SIGTERM."""
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await run_server(config, sockets, stop)
-
-    asyncio.run(main())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from urllib.parse import quote
 
 import aiohttp
@@ -101,9 +102,7 @@ class FetcherRelay:
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """Any request, as it came (the status page, the API); origin-form even when it
         came in absolute form."""
-        headers = CIMultiDict(
-            (k, v) for k, v in request.headers.items() if k.lower() not in NOT_RELAYED
-        )
+        headers = _end_to_end(request.headers)
         body = await request.read() if request.can_read_body else None
         target = request.rel_url.raw_path_qs
         return await self._relay(request, request.method, target, headers, body)
@@ -159,9 +158,7 @@ class FetcherRelay:
     async def _stream_back(
         self, request: web.Request, answer: aiohttp.ClientResponse
     ) -> web.StreamResponse:
-        headers = CIMultiDict(
-            (k, v) for k, v in answer.headers.items() if k.lower() not in NOT_RELAYED
-        )
+        headers = _end_to_end(answer.headers)
         response = RelayedResponse(status=answer.status, reason=answer.reason, headers=headers)
         length = answer.content_length
         if length is not None:
@@ -171,12 +168,10 @@ class FetcherRelay:
         try:
             await response.prepare(request)
             if request.method != "HEAD":
-                sent = 0
+                # A body that ends short of its Content-Length (the fetcher failed) raises
+                # aiohttp's ClientPayloadError here.
                 async for chunk in answer.content.iter_chunked(RELAY_CHUNK):
                     await response.write(chunk)
-                    sent += len(chunk)
-                if length is not None and sent < length:  # ended short: the fetcher failed
-                    raise aiohttp.ClientPayloadError("the fetcher's body ended short")
             await response.write_eof()
         except ConnectionError:
             return response  # the client hung up
@@ -187,3 +182,8 @@ class FetcherRelay:
             if request.transport is not None:
                 request.transport.close()
         return response
+
+
+def _end_to_end(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """The headers a relay passes on: all but the hop-by-hop ones and aiohttp's own."""
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in NOT_RELAYED)
